@@ -1,0 +1,225 @@
+"""Multi-scale region scores: histogram entropy and coarse-representation error.
+
+Scales: level 1 is the base cell of ``patch_size`` px, level k a block of 2^(k-1) x 2^(k-1)
+base cells aligned to its size. Base cells cut by the image edge are scored over the pixels
+they contain and flagged in ``ScoreMaps.partial``; coarse regions are only formed from whole
+base cells, so a coarse map has ``(H // p) // 2^(k-1)`` rows and ``(W // p) // 2^(k-1)`` cols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._image import check_image, check_int, gray, like_input, value_range
+
+SCORES = ("entropy", "detail")
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreMaps(Sequence):
+    """Per-level score maps of one image (or a batch).
+
+    Indexing gives ``levels[k - 1]``, the (..., rows_k, cols_k) map of level k.
+
+    Attributes:
+        levels: one map per level, finest first; numpy or torch like the input image.
+        image_shape: (H, W) of the scored image in pixels.
+        patch_size: base cell side in pixels.
+        score: name of the score ("entropy" or "detail").
+    """
+
+    levels: tuple
+    image_shape: tuple[int, int]
+    patch_size: int
+    score: str
+
+    def __getitem__(self, k):
+        return self.levels[k]
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    @property
+    def partial(self) -> np.ndarray:
+        """bool (rows_1, cols_1): base cells cut by the image edge."""
+        return _grid(*self.image_shape, self.patch_size, 1)[1]
+
+
+def _grid(h: int, w: int, p: int, num_scales: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Shapes of every level's grid and the base grid's partial-cell mask."""
+    rows, cols = -(-h // p), -(-w // p)
+    shapes = [(rows, cols)] + [((h // p) >> k, (w // p) >> k) for k in range(1, num_scales)]
+    partial = np.zeros((rows, cols), dtype=bool)
+    if h % p:
+        partial[-1, :] = True
+    if w % p:
+        partial[:, -1] = True
+    return shapes, partial
+
+
+def _image_hw(arr: np.ndarray) -> tuple[int, int]:
+    """(H, W) of a checked channels-last image."""
+    return tuple(arr.shape[-2:]) if arr.ndim == 2 else tuple(arr.shape[-3:-1])
+
+
+def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: bool) -> tuple:
+    p = check_int("patch_size", patch_size, 1)
+    k = check_int("num_scales", num_scales, 1)
+    arr = check_image(image, channels_first)
+    return arr, p, k
+
+
+def _batched(arr: np.ndarray, fn, num_scales: int) -> list[np.ndarray]:
+    """Apply ``fn`` (one (H, W[, C]) image -> list of maps) over leading batch dims."""
+    image_ndim = 2 if arr.ndim == 2 else 3
+    batch = arr.shape[: arr.ndim - image_ndim]
+    if not batch:
+        return fn(arr)
+    flat = arr.reshape((-1,) + arr.shape[len(batch):])
+    per_image = [fn(x) for x in flat]
+    return [np.stack([m[k] for m in per_image]).reshape(batch + per_image[0][k].shape) for k in range(num_scales)]
+
+
+def _entropy_from_counts(counts: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Shannon entropy in bits from histograms (..., bins) holding n pixels each (...).
+
+    H = (n log2 n - sum c log2 c) / n, both terms from one table so one full bin gives 0 exactly.
+    """
+    c = np.arange(int(n.max()) + 1 if n.size else 1, dtype=np.float64)
+    table = c * np.log2(np.maximum(c, 1.0))
+    return (table[n] - table[counts].sum(-1)) / np.maximum(n, 1)
+
+
+def _entropy_one(arr: np.ndarray, p: int, num_scales: int, bins: int) -> list[np.ndarray]:
+    h, w = arr.shape[:2]
+    shapes, _ = _grid(h, w, p, num_scales)
+    rows, cols = shapes[0]
+    scale = np.float32(bins / value_range(arr.dtype))
+    col_offset = (np.arange(w, dtype=np.int64) // p) * bins
+    counts = np.empty((rows, cols, bins), dtype=np.int32)
+    for r in range(rows):  # one strip of cells at a time: O(p * W) temporaries
+        b = (gray(arr[r * p:(r + 1) * p]) * scale).astype(np.int64)
+        np.minimum(b, bins - 1, out=b)
+        b += col_offset
+        counts[r] = np.bincount(b.ravel(), minlength=cols * bins).reshape(cols, bins)
+    ch = np.minimum(p, h - p * np.arange(rows))
+    cw = np.minimum(p, w - p * np.arange(cols))
+    maps = [_entropy_from_counts(counts, np.outer(ch, cw))]
+    for k in range(1, num_scales):
+        rk, ck = shapes[k]
+        counts = counts[: 2 * rk, : 2 * ck].reshape(rk, 2, ck, 2, bins).sum((1, 3), dtype=np.int32)
+        maps.append(_entropy_from_counts(counts, np.full((rk, ck), (p << k) ** 2)))
+    return maps
+
+
+def entropy_maps(
+    image: Any,
+    patch_size: int = 28,
+    num_scales: int = 3,
+    bins: int = 256,
+    channels_first: bool = False,
+) -> ScoreMaps:
+    """Shannon entropy (bits) of the grayscale histogram of every region at every scale.
+
+    Grayscale is BT.601 luma (0.299 R + 0.587 G + 0.114 B); ``bins`` equal-width bins span the
+    image's range ([0, dtype max] for integers, [0, 1] for floats). Each pixel is read once:
+    coarse histograms are sums of their four children's. Extra memory O(p * W + cells * bins).
+
+    Args:
+        image: (..., H, W) or (..., H, W, C), C in {1, 3, 4} (alpha ignored); numpy or torch.
+        patch_size: base cell side p in pixels, >= 1.
+        num_scales: number of levels (cell sides p, 2p, 4p, ...), >= 1.
+        bins: histogram bins, >= 2.
+        channels_first: image is (..., C, H, W).
+
+    Returns:
+        ScoreMaps: level k is (..., rows_k, cols_k) float64 in [0, log2(bins)] bits, numpy or
+        torch on the input's device like the input.
+    """
+    arr, p, k = _check_common(image, patch_size, num_scales, channels_first)
+    b = check_int("bins", bins, 2)
+    maps = _batched(arr, lambda x: _entropy_one(x, p, k, b), k)
+    return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "entropy")
+
+
+def _block_sums(x: np.ndarray, s: int) -> np.ndarray:
+    """Sums over s x s blocks of a (H, W) array whose sides are multiples of s."""
+    h, w = x.shape
+    return x.reshape(h // s, s, w // s, s).sum((1, 3))
+
+
+def _rms(squared_error: np.ndarray, p: int) -> np.ndarray:
+    """sqrt(SS / p^2); below 1e-6 gray levels (float rounding of a flat region) it is 0."""
+    score = np.sqrt(np.maximum(squared_error, 0.0) / (p * p))
+    score[score < 1e-6] = 0.0
+    return score
+
+
+def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
+    h, w = arr.shape[:2]
+    shapes, _ = _grid(h, w, p, num_scales)
+    g = gray(arr).astype(np.float64) * (255.0 / value_range(arr.dtype))
+    starts_r, starts_c = np.arange(0, h, p), np.arange(0, w, p)
+    s1 = np.add.reduceat(np.add.reduceat(g, starts_r, 0), starts_c, 1)
+    s2 = np.add.reduceat(np.add.reduceat(g * g, starts_r, 0), starts_c, 1)
+    n = np.outer(np.minimum(p, h - starts_r), np.minimum(p, w - starts_c))
+    maps = [_rms(s2 - s1 * s1 / n, p)]
+    # Energy of block means, E_s = sum over s-blocks of (block sum)^2 / s^2. Representing a
+    # level-(k+1) region by one token (blocks of f = 2^k px) instead of by its four children
+    # (blocks of f/2 px) adds E_{f/2} - E_f to the squared error summed over the region.
+    area = g[: (h // p) * p, : (w // p) * p]
+    sums, energy = area, area * area
+    for k in range(1, num_scales):
+        rk, ck = shapes[k]
+        if rk == 0 or ck == 0:
+            maps.append(np.zeros((rk, ck)))
+            continue
+        sums = _block_sums(sums[: rk * 2 * p, : ck * 2 * p], 2)
+        coarse = sums * sums / float(1 << (2 * k))
+        gain = _block_sums(energy[: rk * 2 * p, : ck * 2 * p], 2 * p) - _block_sums(coarse, p)
+        maps.append(_rms(gain, p))
+        energy = coarse
+    return maps
+
+
+def detail_maps(
+    image: Any,
+    patch_size: int = 28,
+    num_scales: int = 3,
+    channels_first: bool = False,
+) -> ScoreMaps:
+    """Error of each region's coarse representation, in 8-bit gray levels.
+
+    A level-k region (k >= 2) is shown to the encoder as one token: its pixels area-averaged
+    over f x f blocks, f = 2^(k-1). Its score is sqrt(dSS / p^2), where dSS is the summed squared
+    error that this adds over the region compared with its four level-(k-1) children (block
+    means at f/2 px minus block means at f px). dSS is additive, so splitting in descending
+    score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
+    deviation of the cell from its mean (the standard deviation for a whole cell). Gray is
+    BT.601 luma scaled to [0, 255].
+
+    Args:
+        image: (..., H, W) or (..., H, W, C), C in {1, 3, 4}; numpy or torch.
+        patch_size: base cell side p in pixels, >= 1.
+        num_scales: number of levels, >= 1.
+        channels_first: image is (..., C, H, W).
+
+    Returns:
+        ScoreMaps: level k is (..., rows_k, cols_k) float64 >= 0 gray levels, like the input.
+    """
+    arr, p, k = _check_common(image, patch_size, num_scales, channels_first)
+    maps = _batched(arr, lambda x: _detail_one(x, p, k), k)
+    return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "detail")
+
+
+def score_maps(image: Any, score: str = "entropy", **kwargs: Any) -> ScoreMaps:
+    """Score maps by name: ``"entropy"`` (:func:`entropy_maps`) or ``"detail"`` (:func:`detail_maps`)."""
+    if score == "entropy":
+        return entropy_maps(image, **kwargs)
+    if score == "detail":
+        return detail_maps(image, **kwargs)
+    raise ValueError(f"score must be one of {SCORES}, got {score!r}")

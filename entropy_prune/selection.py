@@ -1,0 +1,299 @@
+"""From score maps to a multi-scale selection of regions and a token count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._image import check_int, to_numpy
+from .scores import SCORES, ScoreMaps, score_maps
+
+METHODS = {None: "none", "none": "none", "v1": "v1", "threshold": "v1", "v2": "v2", "adaptive": "v2", "budget": "budget"}
+MODES = ("multiscale", "drop")
+DEFAULT_THRESHOLDS = (3.0, 2.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Which regions of one image are kept, and at which scale.
+
+    Level 1 is the base cell; a level-k region covers a 2^(k-1) x 2^(k-1) block of base cells
+    aligned to its size and costs one token. Arrays are read-only.
+
+    Attributes:
+        method, mode: the canonical method ("none", "v1", "v2", "budget") and mode.
+        num_tokens: kept regions = tokens.
+        budget: the token budget (method "budget"), else None.
+        budget_met: False only when the budget is below the coarsest tiling's token count
+            (multiscale), which is then returned.
+        threshold: the score threshold(s) applied (v1: per coarse level; v2: one), else None.
+        label_map: int8 (rows, cols) over base cells: level of the covering region, 0 = dropped.
+        masks: masks[k-1] is bool (rows_k, cols_k) on the level-k block grid: True where a kept
+            region of level k is that block.
+        regions: int64 (num_tokens, 3): (level, row, col) of each region's top-left base cell,
+            in raster order of (row, col).
+    """
+
+    method: str
+    mode: str
+    num_tokens: int
+    budget: int | None
+    budget_met: bool
+    threshold: tuple[float, ...] | None
+    label_map: np.ndarray
+    masks: tuple[np.ndarray, ...]
+    regions: np.ndarray
+
+    @property
+    def num_cells(self) -> int:
+        """Token count with every base cell kept at full resolution."""
+        return int(self.label_map.size)
+
+
+def _check_alpha(method: str, alpha: Any) -> float | None:
+    if method in ("none", "v1"):
+        return None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha must be a real number, got {alpha!r}")
+    a = float(alpha)
+    if method == "budget" and not (0.0 < a <= 1.0):
+        raise ValueError(f"alpha for method 'budget' must be in (0, 1] (fraction of tokens kept), got {alpha}")
+    if method == "v2" and not (math.isfinite(a) and a >= 0.0):
+        raise ValueError(f"alpha for method 'v2' must be a finite number >= 0 (multiple of the mean score), got {alpha}")
+    return a
+
+
+def _check_thresholds(thresholds: Any, num_scales: int, mode: str) -> tuple[float, ...]:
+    expected = num_scales - 1 if mode == "multiscale" else max(num_scales - 1, 1)
+    if thresholds is None:
+        if expected > len(DEFAULT_THRESHOLDS):
+            raise ValueError(f"thresholds must be given for num_scales > {len(DEFAULT_THRESHOLDS) + 1} (one per coarse level)")
+        return DEFAULT_THRESHOLDS[:expected]
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise TypeError(f"thresholds must be a sequence of {expected} numbers, got {thresholds!r}")
+    if len(thresholds) != expected:
+        raise ValueError(
+            f"thresholds must have {expected} value(s) (one per coarse level, level 2 first) "
+            f"for num_scales={num_scales}, mode={mode!r}; got {len(thresholds)}"
+        )
+    out = []
+    for t in thresholds:
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t):
+            raise ValueError(f"thresholds must be finite numbers, got {thresholds!r}")
+        out.append(float(t))
+    return tuple(out)
+
+
+def _check_maps(maps: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    """Validate precomputed score maps; return numpy float64 levels and the partial-cell mask."""
+    levels = list(maps.levels if isinstance(maps, ScoreMaps) else maps)
+    if not levels:
+        raise ValueError("score maps must hold at least one level")
+    out = []
+    for k, m in enumerate(levels, 1):
+        a = to_numpy(m)
+        if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise TypeError(f"score map of level {k} must be real-valued, got dtype {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"score map of level {k} must be 2-D (rows, cols) (one image at a time), got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"score map of level {k} contains NaN or inf")
+        out.append(a.astype(np.float64, copy=False))
+    rows, cols = out[0].shape
+    if rows == 0 or cols == 0:
+        raise ValueError(f"score map of level 1 must not be empty, got shape {out[0].shape}")
+    if isinstance(maps, ScoreMaps):
+        partial = maps.partial
+        whole_r, whole_c = (n // maps.patch_size for n in maps.image_shape)
+    else:
+        partial = np.zeros((rows, cols), dtype=bool)
+        whole_r, whole_c = rows, cols
+    if partial.shape != (rows, cols):
+        raise ValueError(f"score map of level 1 must have shape {partial.shape} for its image, got {(rows, cols)}")
+    for k in range(2, len(out) + 1):
+        expect = (whole_r >> (k - 1), whole_c >> (k - 1))
+        if out[k - 1].shape != expect:
+            raise ValueError(
+                f"score map of level {k} must have shape {expect} for a level-1 map of shape "
+                f"{(rows, cols)} (blocks of whole base cells), got {out[k - 1].shape}"
+            )
+    return out, partial
+
+
+def _upsample(blocks: np.ndarray, b: int, shape: tuple[int, int], fill: Any = 0) -> np.ndarray:
+    """(r, c) block-grid array -> base grid ``shape``; each value covers b x b cells, rest ``fill``."""
+    out = np.full(shape, fill, dtype=blocks.dtype)
+    r, c = blocks.shape
+    out[: r * b, : c * b] = np.repeat(np.repeat(blocks, b, 0), b, 1)
+    return out
+
+
+def _coarsest_tiling(maps: list[np.ndarray]) -> np.ndarray:
+    """Label map of the tiling that uses the coarsest whole block around every cell."""
+    label = np.ones(maps[0].shape, dtype=np.int8)
+    for k in range(len(maps), 1, -1):
+        exists = _upsample(np.ones(maps[k - 1].shape, dtype=bool), 1 << (k - 1), label.shape, False)
+        label[exists & (label == 1)] = k
+    return label
+
+
+def _threshold_tiling(maps: list[np.ndarray], thresholds: Sequence[float], inclusive: bool) -> np.ndarray:
+    """Label map keeping a level-k block coarse iff its score is below thresholds[k-2]
+    (or at/below with ``inclusive``), coarsest level first."""
+    label = np.ones(maps[0].shape, dtype=np.int8)
+    for k in range(len(maps), 1, -1):
+        b = 1 << (k - 1)
+        s = maps[k - 1]
+        coarse = s <= thresholds[k - 2] if inclusive else s < thresholds[k - 2]
+        free = label[::b, ::b][: s.shape[0], : s.shape[1]] == 1
+        label[_upsample(coarse & free, b, label.shape, False)] = k
+    return label
+
+
+def _budget_tiling(maps: list[np.ndarray], budget: int) -> tuple[np.ndarray, bool]:
+    """Split regions of the coarsest tiling (+3 tokens each) in descending score order."""
+    label = _coarsest_tiling(maps)
+    start = int(sum((label[::1 << (k - 1), ::1 << (k - 1)] == k).sum() for k in range(1, len(maps) + 1)))
+    if budget < start:
+        return label, False
+    # A region can only be split after its parent: its effective priority is the minimum of the
+    # scores along its ancestor chain. Ties go coarser level first, then raster order.
+    keys, levels, rows, cols = [], [], [], []
+    parent_eff = None
+    for k in range(len(maps), 1, -1):
+        s = maps[k - 1]
+        eff = s.copy()
+        if parent_eff is not None:
+            pr, pc = parent_eff.shape
+            inside = np.repeat(np.repeat(parent_eff, 2, 0), 2, 1)
+            eff[: 2 * pr, : 2 * pc] = np.minimum(eff[: 2 * pr, : 2 * pc], inside)
+        parent_eff = eff
+        r, c = np.indices(s.shape)
+        keys.append(eff.ravel())
+        levels.append(np.full(s.size, k))
+        rows.append(r.ravel())
+        cols.append(c.ravel())
+    if not keys:
+        return label, budget >= start
+    keys, levels, rows, cols = (np.concatenate(x) for x in (keys, levels, rows, cols))
+    order = np.lexsort((cols, rows, -levels, -keys))
+    num_splits = min((budget - start) // 3, order.size)
+    chosen = order[:num_splits]
+    for k in range(len(maps), 1, -1):
+        b = 1 << (k - 1)
+        split = np.zeros(maps[k - 1].shape, dtype=bool)
+        pick = chosen[levels[chosen] == k]
+        split[rows[pick], cols[pick]] = True
+        label[(label == k) & _upsample(split, b, label.shape, False)] = k - 1
+    return label, True
+
+
+def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], **fields: Any) -> Selection:
+    """Build the Selection (masks, raster-ordered regions) of a label map."""
+    masks, regions = [], []
+    for k, (rk, ck) in enumerate(shapes, 1):
+        b = 1 << (k - 1)
+        mask = label[::b, ::b][:rk, :ck] == k
+        masks.append(mask)
+        r, c = np.nonzero(mask)
+        regions.append(np.stack([np.full(r.size, k), r * b, c * b], 1))
+    regions = np.concatenate(regions).astype(np.int64)
+    regions = regions[np.lexsort((regions[:, 2], regions[:, 1]))]
+    for a in [label, regions, *masks]:
+        a.setflags(write=False)
+    return Selection(num_tokens=len(regions), label_map=label, masks=tuple(masks), regions=regions, **fields)
+
+
+def select_patches(
+    image: Any,
+    method: str | None = "budget",
+    alpha: float = 0.3,
+    thresholds: Sequence[float] | None = None,
+    patch_size: int = 28,
+    num_scales: int = 3,
+    mode: str = "multiscale",
+    score: str = "entropy",
+    channels_first: bool = False,
+) -> Selection:
+    """Choose which regions of an image keep full resolution, go coarse, or are dropped.
+
+    Methods:
+        ``"budget"``: budget = floor(alpha * cells + 0.5) tokens, 0 < alpha <= 1, cells = base
+            cells. Multiscale starts from the coarsest tiling and splits regions (one into four,
+            +3 tokens) in descending score order while the split fits, so
+            budget - 2 <= num_tokens <= budget; below the coarsest tiling's count that tiling is
+            returned with ``budget_met=False``. num_tokens is non-decreasing in alpha.
+        ``"v1"`` / ``"threshold"``: a level-k region (k >= 2) is coarse iff its score is below
+            thresholds[k-2], coarsest level first (default thresholds (3.0, 2.0) bits).
+        ``"v2"`` / ``"adaptive"``: one threshold t = alpha * mean score of the coarsest level's
+            whole regions, applied at every coarse level (coarse iff score <= t), alpha >= 0.
+            Larger alpha -> more coarse regions -> fewer or equal tokens.
+        ``None`` / ``"none"``: every base cell kept.
+
+    Modes:
+        ``"multiscale"``: the kept regions tile the base grid exactly (quadtree).
+        ``"drop"``: only base cells; budget keeps exactly ``budget`` cells with the highest
+            level-1 scores (ties: raster order); v1 / v2 keep cells scoring >= thresholds[0] / t.
+            Larger v2 alpha keeps fewer or equal cells.
+
+    Args:
+        image: an image for :func:`entropy_maps` / :func:`detail_maps` ((H, W) or (H, W, C),
+            numpy or torch), or precomputed maps: a :class:`ScoreMaps` or a sequence of 2-D
+            arrays, level 1 first, level k of shape (rows // 2^(k-1), cols // 2^(k-1)).
+        method, alpha, thresholds, mode: see above; thresholds has num_scales - 1 values
+            (level 2 first; drop mode uses thresholds[0]).
+        patch_size: base cell side in pixels (images only).
+        num_scales: number of levels (images only; maps bring their own).
+        score: ``"entropy"`` (bits) or ``"detail"`` (gray levels) (images only).
+        channels_first: image is (C, H, W).
+
+    Returns:
+        Selection: label map, per-level masks, regions and token count (numpy arrays).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(k for k in METHODS if k)} or None, got {method!r}")
+    method = METHODS[method]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    a = _check_alpha(method, alpha)
+    if isinstance(image, (ScoreMaps, list, tuple)):
+        maps, partial = _check_maps(image)
+    else:
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        check_int("num_scales", num_scales, 1)
+        sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first)
+        if sm[0].ndim != 2:
+            raise ValueError(f"select_patches takes one image at a time, got a batch of shape {tuple(sm[0].shape[:-2])}")
+        maps, partial = _check_maps(sm)
+    thr = _check_thresholds(thresholds, len(maps), mode) if method == "v1" else None
+    num_cells = maps[0].size
+    budget = math.floor(a * num_cells + 0.5) if method == "budget" else None
+    met = True
+    if method == "v2":
+        coarsest = next(m for m in reversed(maps) if m.size)
+        if coarsest is maps[0] and (~partial).any():
+            coarsest = maps[0][~partial]
+        thr = (a * float(coarsest.mean()),)
+    if method == "none":
+        label = np.ones(maps[0].shape, dtype=np.int8)
+    elif mode == "drop":
+        s = maps[0].ravel()
+        if method == "budget":
+            keep = np.zeros(s.size, dtype=bool)
+            keep[np.argsort(-s, kind="stable")[:budget]] = True
+        else:
+            keep = s >= thr[0]
+        label = keep.reshape(maps[0].shape).astype(np.int8)
+    elif method == "budget":
+        label, met = _budget_tiling(maps, budget)
+    else:
+        label = _threshold_tiling(maps, thr if method == "v1" else thr * (len(maps) - 1), inclusive=method == "v2")
+    return _selection_from_labels(
+        label, [m.shape for m in maps], method=method, mode=mode,
+        budget=budget, budget_met=met, threshold=thr,
+    )
