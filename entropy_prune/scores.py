@@ -164,25 +164,25 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     shapes, _ = _grid(h, w, p, num_scales)
     g = gray(arr).astype(np.float64) * (255.0 / value_range(arr.dtype))
     starts_r, starts_c = np.arange(0, h, p), np.arange(0, w, p)
-    s1 = np.add.reduceat(np.add.reduceat(g, starts_r, 0), starts_c, 1)
-    s2 = np.add.reduceat(np.add.reduceat(g * g, starts_r, 0), starts_c, 1)
-    n = np.outer(np.minimum(p, h - starts_r), np.minimum(p, w - starts_c))
-    maps = [_rms(s2 - s1 * s1 / n, p)]
-    # Energy of block means, E_s = sum over s-blocks of (block sum)^2 / s^2. Representing a
-    # level-(k+1) region by one token (blocks of f = 2^k px) instead of by its four children
-    # (blocks of f/2 px) adds E_{f/2} - E_f to the squared error summed over the region.
-    area = g[: (h // p) * p, : (w // p) * p]
-    sums, energy = area, area * area
+    ch, cw = np.minimum(p, h - starts_r), np.minimum(p, w - starts_c)
+    mean = np.add.reduceat(np.add.reduceat(g, starts_r, 0), starts_c, 1) / np.outer(ch, cw)
+    dev = g - np.repeat(np.repeat(mean, ch, 0), cw, 1)
+    maps = [_rms(np.add.reduceat(np.add.reduceat(dev * dev, starts_r, 0), starts_c, 1), p)]
+    del dev
+    # A level-(k+1) region shown as one token holds means over f x f px blocks, f = 2^k; its
+    # four children hold means over f/2 blocks. The squared error this adds, summed over the
+    # region, is sum over f/2-blocks of (f/2)^2 (child-block mean - parent-block mean)^2.
+    # Parent means are exact pairwise averages, so a flat region scores exactly 0.
+    means = g[: (h // p) * p, : (w // p) * p]
     for k in range(1, num_scales):
         rk, ck = shapes[k]
         if rk == 0 or ck == 0:
             maps.append(np.zeros((rk, ck)))
             continue
-        sums = _block_sums(sums[: rk * 2 * p, : ck * 2 * p], 2)
-        coarse = sums * sums / float(1 << (2 * k))
-        gain = _block_sums(energy[: rk * 2 * p, : ck * 2 * p], 2 * p) - _block_sums(coarse, p)
-        maps.append(_rms(gain, p))
-        energy = coarse
+        fine = means[: rk * 2 * p, : ck * 2 * p]
+        means = 0.25 * ((fine[0::2, 0::2] + fine[0::2, 1::2]) + (fine[1::2, 0::2] + fine[1::2, 1::2]))
+        diff = fine - np.repeat(np.repeat(means, 2, 0), 2, 1)
+        maps.append(_rms(_block_sums(diff * diff, 2 * p) * float(1 << (2 * k - 2)), p))
     return maps
 
 

@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from entropy_prune import detail_maps, entropy_maps
+from strategies import images
+
+BT601 = np.array([0.299, 0.587, 0.114])
+
+
+def reference_gray(img):
+    """Luma in the image's units, float64, independent of the library."""
+    x = img.astype(np.float64)
+    if img.ndim == 2:
+        return x
+    if img.shape[-1] == 1:
+        return x[..., 0]
+    return x[..., :3] @ BT601
+
+
+def reference_entropy(img, p, k, bins=256):
+    """Entropy of every whole-cell level-k block (and partial base cells), by np.histogram."""
+    top = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
+    g = reference_gray(img)
+    h, w = g.shape
+    s = p << (k - 1)
+    rows, cols = (-(-h // p), -(-w // p)) if k == 1 else ((h // p) >> (k - 1), (w // p) >> (k - 1))
+    out = np.zeros((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            cell = g[i * s:(i + 1) * s, j * s:(j + 1) * s].astype(np.float32)
+            b = np.minimum((cell * np.float32(bins / top)).astype(np.int64), bins - 1)
+            c = np.bincount(b.ravel(), minlength=bins) / b.size
+            c = c[c > 0]
+            out[i, j] = -(c * np.log2(c)).sum()
+    return out
+
+
+@given(images(), st.integers(1, 7), st.integers(1, 4))
+def test_entropy_matches_histogram_reference(img, p, k):
+    maps = entropy_maps(img, patch_size=p, num_scales=k)
+    assert len(maps) == k
+    for level in range(1, k + 1):
+        np.testing.assert_allclose(maps[level - 1], reference_entropy(img, p, level), atol=1e-9)
+        assert (maps[level - 1] >= 0).all() and (maps[level - 1] <= 8 + 1e-9).all()
+
+
+def reference_detail(img, p, k):
+    """sqrt(added squared error / p^2) of a level-k block vs its children, by explicit resizing."""
+    top = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
+    g = reference_gray(img) * (255.0 / top)
+    h, w = g.shape
+
+    def blur(x, f):  # area-average f x f blocks, then bring back to full size
+        r, c = x.shape
+        m = x.reshape(r // f, f, c // f, f).mean((1, 3))
+        return np.repeat(np.repeat(m, f, 0), f, 1)
+
+    if k == 1:
+        rows, cols = -(-h // p), -(-w // p)
+        out = np.zeros((rows, cols))
+        for i in range(rows):
+            for j in range(cols):
+                cell = g[i * p:(i + 1) * p, j * p:(j + 1) * p]
+                out[i, j] = math.sqrt(((cell - cell.mean()) ** 2).sum() / p**2)
+        return out
+    rows, cols = (h // p) >> (k - 1), (w // p) >> (k - 1)
+    s, f = p << (k - 1), 1 << (k - 1)
+    out = np.zeros((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            region = g[i * s:(i + 1) * s, j * s:(j + 1) * s]
+            fine = region if f == 2 else blur(region, f // 2)
+            out[i, j] = math.sqrt(max(((fine - blur(region, f)) ** 2).sum(), 0) / p**2)
+    return out
+
+
+@given(images(), st.integers(1, 6), st.integers(1, 4))
+def test_detail_matches_resize_reference(img, p, k):
+    maps = detail_maps(img, patch_size=p, num_scales=k)
+    for level in range(1, k + 1):
+        np.testing.assert_allclose(maps[level - 1], reference_detail(img, p, level), rtol=1e-5, atol=1e-4)
+
+
+@given(images(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([entropy_maps, detail_maps]))
+def test_numpy_and_torch_agree(img, p, k, fn):
+    a = fn(img, patch_size=p, num_scales=k)
+    b = fn(torch.from_numpy(img), patch_size=p, num_scales=k)
+    for x, y in zip(a, b):
+        assert isinstance(x, np.ndarray) and isinstance(y, torch.Tensor)
+        assert np.array_equal(x, y.numpy())
+
+
+@given(images(channels=(3,)), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_shuffling_pixels_inside_a_cell_keeps_all_entropies(img, p, seed):
+    maps = entropy_maps(img, patch_size=p, num_scales=3)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, -(-img.shape[0] // p))
+    j = rng.integers(0, -(-img.shape[1] // p))
+    cell = img[i * p:(i + 1) * p, j * p:(j + 1) * p]
+    flat = cell.reshape(-1, 3)
+    shuffled = img.copy()
+    shuffled[i * p:(i + 1) * p, j * p:(j + 1) * p] = flat[rng.permutation(len(flat))].reshape(cell.shape)
+    for x, y in zip(maps, entropy_maps(shuffled, patch_size=p, num_scales=3)):
+        assert np.array_equal(x, y)
+
+
+@given(images(max_side=24), st.integers(1, 4))
+def test_channels_first_and_batch_dims(img, p):
+    ref = entropy_maps(img, patch_size=p, num_scales=2)
+    if img.ndim == 3:
+        cf = entropy_maps(np.moveaxis(img, -1, 0), patch_size=p, num_scales=2, channels_first=True)
+        for x, y in zip(ref, cf):
+            assert np.array_equal(x, y)
+    batch = np.stack([img, img[::-1]])
+    batched = entropy_maps(batch, patch_size=p, num_scales=2) if img.ndim == 3 else None
+    if batched is not None:
+        flipped = entropy_maps(img[::-1].copy(), patch_size=p, num_scales=2)
+        for x, y, z in zip(batched, ref, flipped):
+            assert x.shape == (2,) + y.shape
+            assert np.array_equal(x[0], y) and np.array_equal(x[1], z)
+
+
+def test_partial_cells_are_flagged_and_coarse_maps_use_whole_cells():
+    img = np.zeros((65, 30, 3), np.uint8)
+    img[60:] = 255  # the partial bottom row of cells is bright, so mixes with nothing coarse
+    maps = entropy_maps(img, patch_size=14, num_scales=3)
+    assert maps[0].shape == (5, 3) and maps[1].shape == (2, 1) and maps[2].shape == (1, 0)
+    expected = np.zeros((5, 3), bool)
+    expected[-1, :] = True
+    expected[:, -1] = True
+    assert np.array_equal(maps.partial, expected)
+    assert maps.image_shape == (65, 30)
+    assert maps[0][-1, 0] == pytest.approx(reference_entropy(img, 14, 1)[-1, 0])
+    assert np.all(maps[1] == 0.0)
+
+
+def test_gradient_scores_high_in_entropy_but_low_in_detail():
+    ramp = np.tile(np.linspace(0, 1, 56, dtype=np.float32), (56, 1))
+    text = np.ones((56, 56), np.float32)
+    text[10:46:6, 8:48] = 0.0  # black strokes on white
+    e_ramp, e_text = entropy_maps(ramp, 56, 1)[0][0, 0], entropy_maps(text, 56, 1)[0][0, 0]
+    d_ramp, d_text = detail_maps(ramp, 28, 2)[1][0, 0], detail_maps(text, 28, 2)[1][0, 0]
+    assert e_ramp > e_text
+    assert d_text > d_ramp
