@@ -1,0 +1,253 @@
+"""Model side: route pruned vision features and M-RoPE positions through the public entry points.
+
+``forward`` and ``generate`` of Qwen-VL models accept precomputed ``mm_encoder_outputs`` and
+explicit ``position_ids`` (layout (4, B, L): text, t, h, w). :func:`prepare_inputs` turns a wrapped
+processor's output into exactly that; :func:`patch_model` makes ``model(**inputs)`` and
+``model.generate(**inputs)`` call it whenever ``image_kept_regions`` is present.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .families import VisualItem, family_of
+from .processing import REGIONS_KEY
+
+_PATCH_ATTR = "_entropy_prune_originals"
+
+
+def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int) -> torch.Tensor:
+    """Validate a kept-regions tensor against ``pixel_values`` and ``image_grid_thw``.
+
+    Returns it as int64 CPU (n, 5). Raises ValueError/TypeError naming what does not match.
+    """
+    regions = torch.as_tensor(regions)
+    if regions.dtype.is_floating_point or regions.dtype == torch.bool or regions.dtype.is_complex:
+        raise TypeError(f"{REGIONS_KEY} must be an integer tensor, got dtype {regions.dtype}")
+    regions = regions.to("cpu", torch.long)
+    if regions.ndim != 2 or regions.shape[1] != 5:
+        raise ValueError(f"{REGIONS_KEY} must have shape (num_kept, 5) (image, level, t, row, col), got {tuple(regions.shape)}")
+    if pixel_values is None or grid_thw is None:
+        raise ValueError(f"{REGIONS_KEY} needs the matching pixel_values and image_grid_thw")
+    grid = torch.as_tensor(grid_thw).to("cpu", torch.long)
+    m2 = merge_size * merge_size
+    if pixel_values.shape[0] != regions.shape[0] * m2:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[0]} rows but {REGIONS_KEY} lists {regions.shape[0]} kept units "
+            f"({m2} rows each = {regions.shape[0] * m2}); pass the processor output unmodified"
+        )
+    n = regions.shape[0]
+    if n == 0:
+        return regions
+    image, level, t, row, col = regions.unbind(1)
+    if int(image.min()) < 0 or int(image.max()) >= grid.shape[0]:
+        raise ValueError(f"{REGIONS_KEY} image indices must be in [0, {grid.shape[0]}) (rows of image_grid_thw)")
+    if int(level.min()) < 1 or int(level.max()) > 30:
+        raise ValueError(f"{REGIONS_KEY} levels must be in [1, 30], got {int(level.min())}..{int(level.max())}")
+    g = grid[image]
+    b = 1 << (level - 1)
+    hu, wu = g[:, 1] // merge_size, g[:, 2] // merge_size
+    bad = (t < 0) | (t >= g[:, 0]) | (row < 0) | (col < 0) | (row % b != 0) | (col % b != 0)
+    bad |= (row + b > hu) | (col + b > wu)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{REGIONS_KEY} row {i} {regions[i].tolist()} is not an aligned block inside image "
+            f"{int(image[i])}'s grid of {int(hu[i])}x{int(wu[i])} units"
+        )
+    key = ((image * (1 << 20) + t) * (1 << 20) + row) * (1 << 20) + col
+    if n > 1 and not bool((key[1:] > key[:-1]).all()):
+        raise ValueError(f"{REGIONS_KEY} must be sorted by (image, t, row, col) without repeats")
+    cells = []
+    starts = torch.cumsum(grid.prod(1) // (merge_size * merge_size), 0) - grid.prod(1) // (merge_size * merge_size)
+    for lv in level.unique().tolist():
+        sel = level == lv
+        bb = 1 << (lv - 1)
+        d = torch.arange(bb)
+        base = starts[image[sel]] + t[sel] * hu[sel] * wu[sel]
+        rr = row[sel][:, None, None] + d[None, :, None]
+        cc = col[sel][:, None, None] + d[None, None, :]
+        cells.append((base[:, None, None] + rr * wu[sel][:, None, None] + cc).reshape(-1))
+    cells = torch.cat(cells)
+    if cells.unique().numel() != cells.numel():
+        raise ValueError(f"{REGIONS_KEY} has overlapping regions")
+    return regions
+
+
+def mrope_positions(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    token_ids: Mapping[int, int],
+    items: Mapping[int, list[VisualItem]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(4, B, L) position ids (text, t, h, w) and (B, 1) rope deltas, like the stock ``get_rope_index``
+    but with each visual item's own token count and positions.
+
+    ``token_ids`` maps a modality code (1 image, 2 video) to its placeholder id; ``items[code]``
+    lists that modality's items in prompt order. A run of placeholders is filled item by item;
+    items with no kept token occupy no position. Raises ValueError when counts disagree.
+    """
+    bsz, length = input_ids.shape
+    device = input_ids.device
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    queues = {code: iter(lst) for code, lst in items.items()}
+    position_ids = torch.zeros(3, bsz, length, dtype=torch.long, device=device)
+    deltas = []
+    for bi in range(bsz):
+        ids = input_ids[bi][mask[bi]].cpu()
+        types = torch.zeros_like(ids)
+        for code, tid in token_ids.items():
+            types[ids == tid] = code
+        out = torch.empty(3, ids.numel(), dtype=torch.long)
+        change = torch.nonzero(types[1:] != types[:-1]).flatten().add(1).tolist()
+        cur = 0
+        for start, end in zip([0, *change], [*change, ids.numel()]):
+            code = int(types[start]) if end > start else 0
+            if code == 0:
+                out[:, start:end] = torch.arange(cur, cur + end - start)
+                cur += end - start
+                continue
+            k = start
+            while k < end:
+                item = next(queues[code], None)
+                if item is None:
+                    raise ValueError(_count_message(code, "more placeholder tokens than kept tokens"))
+                if item.num_tokens == 0:
+                    continue
+                if k + item.num_tokens > end:
+                    raise ValueError(_count_message(code, "a placeholder run shorter than its item's kept tokens"))
+                out[:, k : k + item.num_tokens] = item.positions + cur
+                cur += item.extent
+                k += item.num_tokens
+        position_ids[:, bi, mask[bi]] = out.to(device)
+        deltas.append((int(out.max()) + 1 if out.numel() else 0) - ids.numel())
+    for code, queue in queues.items():
+        if any(item.num_tokens for item in queue):
+            raise ValueError(_count_message(code, "fewer placeholder tokens than kept tokens"))
+    if attention_mask is None:
+        text = torch.arange(length, device=device).expand(bsz, length)
+    else:
+        text = (attention_mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)
+    deltas = torch.tensor(deltas, device=device).unsqueeze(1)
+    return torch.cat([text[None], position_ids]), deltas
+
+
+def _count_message(code: int, what: str) -> str:
+    name = {1: "image", 2: "video"}[code]
+    return f"input_ids have {what} for the {name}s; use the wrapped processor's input_ids unmodified"
+
+
+def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a wrapped processor's output into stock ``forward`` / ``generate`` kwargs.
+
+    Without ``image_kept_regions`` the inputs are returned unchanged (as a dict). Otherwise the
+    kept units run through the vision tower (one feature per kept region), and the result holds
+    ``mm_encoder_outputs`` instead of ``pixel_values`` / ``pixel_values_videos`` plus
+    ``position_ids`` (4, B, L). Use the result for one call: ``generate`` with beams expands
+    ``mm_encoder_outputs`` in place. Sets ``rope_deltas`` on the model like the stock forward.
+
+    Raises:
+        TypeError: ``model`` is not a supported Qwen-VL model.
+        ValueError: the kept regions do not match ``pixel_values`` / ``image_grid_thw`` /
+            the placeholders in ``input_ids``, or ``position_ids`` / ``mm_encoder_outputs`` are
+            passed as well.
+    """
+    family = family_of(model)
+    inputs = dict(inputs)
+    regions = inputs.pop(REGIONS_KEY, None)
+    if regions is None:
+        return inputs
+    for key in ("position_ids", "mm_encoder_outputs", "inputs_embeds"):
+        if inputs.get(key) is not None:
+            raise ValueError(f"{key} cannot be combined with {REGIONS_KEY}: the adapter computes them from the kept regions")
+    input_ids = inputs.get("input_ids")
+    if input_ids is None:
+        raise ValueError(f"{REGIONS_KEY} needs input_ids (the placeholders locate each image)")
+    base = family.base(model)
+    m = family.merge_size(base)
+    pixel_values = inputs.pop("pixel_values", None)
+    grid = inputs.get("image_grid_thw")
+    regions = check_regions(regions, pixel_values, grid, m)
+    grid = torch.as_tensor(grid).to("cpu", torch.long)
+    mm = {"image": family.encode_images(base, torch.as_tensor(pixel_values), grid, regions)}
+    items = {1: [], 2: []}
+    for i, g in enumerate(grid.tolist()):
+        items[1].append(family.item(base, tuple(g), regions[regions[:, 0] == i, 1:]))
+    videos = inputs.pop("pixel_values_videos", None)
+    if videos is not None:
+        video_grid = torch.as_tensor(inputs["video_grid_thw"]).to("cpu", torch.long)
+        mm["video"] = base.get_video_features(videos, video_grid.to(videos.device), return_dict=True)
+        for g in video_grid.tolist():
+            items[2].append(family.item(base, tuple(g), _full_grid(g, m)))
+    token_ids = {1: base.config.image_token_id, 2: base.config.video_token_id}
+    position_ids, deltas = mrope_positions(input_ids, inputs.get("attention_mask"), token_ids, items)
+    base.rope_deltas = deltas
+    inputs["mm_encoder_outputs"] = mm
+    inputs["position_ids"] = position_ids
+    return inputs
+
+
+def _full_grid(grid: list[int], m: int) -> torch.Tensor:
+    """Level-1 regions (level, t, row, col) of every unit of a (t, h, w) grid, in stock order."""
+    t, r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1] // m), torch.arange(grid[2] // m), indexing="ij")
+    return torch.stack([torch.ones_like(t), t, r, c], -1).reshape(-1, 4)
+
+
+def _with_input_ids(method: Any, first: str, args: tuple, kwargs: dict) -> dict:
+    """Fold positional arguments of ``method`` into kwargs, naming the first one ``input_ids``."""
+    bound = inspect.signature(method).bind_partial(*args, **kwargs).arguments
+    extra = bound.pop("kwargs", None) or bound.pop("model_kwargs", None) or {}
+    bound.update(extra)
+    if first != "input_ids" and bound.get(first) is not None:
+        bound["input_ids"] = bound.pop(first)
+    return bound
+
+
+def patch_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Make ``model(**inputs)`` and ``model.generate(**inputs)`` accept a wrapped processor's output.
+
+    Idempotent; undo with :func:`unpatch_model`. Inputs without ``image_kept_regions`` go to the
+    stock methods untouched. Returns ``model``. TypeError for a non-Qwen-VL model.
+    """
+    family_of(model)
+    if _PATCH_ATTR in model.__dict__:
+        return model
+    originals = {name: model.__dict__[name] for name in ("forward", "generate") if name in model.__dict__}
+    stock_forward = model.forward
+
+    @functools.wraps(stock_forward)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if REGIONS_KEY not in kwargs:
+            return stock_forward(*args, **kwargs)
+        return stock_forward(**prepare_inputs(model, _with_input_ids(stock_forward, "input_ids", args, kwargs)))
+
+    model.forward = forward
+    if hasattr(model, "generate"):
+        stock_generate = model.generate
+
+        @functools.wraps(stock_generate)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            if REGIONS_KEY not in kwargs:
+                return stock_generate(*args, **kwargs)
+            return stock_generate(**prepare_inputs(model, _with_input_ids(stock_generate, "inputs", args, kwargs)))
+
+        model.generate = generate
+    model.__dict__[_PATCH_ATTR] = originals
+    return model
+
+
+def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`patch_model` (no-op on an unpatched model). Returns ``model``."""
+    originals = model.__dict__.pop(_PATCH_ATTR, None)
+    if originals is None:
+        return model
+    for name in ("forward", "generate"):
+        model.__dict__.pop(name, None)
+        if name in originals:
+            model.__dict__[name] = originals[name]
+    return model
