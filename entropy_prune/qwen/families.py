@@ -66,12 +66,12 @@ class Qwen2VLFamily:
     def merge_size(base: torch.nn.Module) -> int:
         return int(base.config.vision_config.spatial_merge_size)
 
-    def item(self, base: torch.nn.Module, grid: tuple[int, int, int], regions: torch.Tensor, time_interval: float = 1.0) -> VisualItem:
-        """LLM positions of an item's kept regions (see the module docstring)."""
+    def item(self, base: torch.nn.Module, grid: tuple[int, int, int], regions: torch.Tensor) -> VisualItem:
+        """LLM positions of an item's kept regions (level, t, row, col) (see the module docstring)."""
         m = self.merge_size(base)
         level, t, r, c = regions.unbind(1)
         off = ((1 << (level - 1)) - 1) // 2
-        positions = torch.stack([(t.double() * time_interval).long(), r + off, c + off])
+        positions = torch.stack([t, r + off, c + off])
         return VisualItem(regions, positions, max(grid[1], grid[2]) // m)
 
     def vision_position_ids(self, base: torch.nn.Module, regions: torch.Tensor) -> torch.Tensor:

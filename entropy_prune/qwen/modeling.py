@@ -60,7 +60,8 @@ def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: in
             f"{REGIONS_KEY} row {i} {regions[i].tolist()} is not an aligned block inside image "
             f"{int(image[i])}'s grid of {int(hu[i])}x{int(wu[i])} units"
         )
-    key = ((image * (1 << 20) + t) * (1 << 20) + row) * (1 << 20) + col
+    span_t, span_r, span_c = (int(v.max()) + 1 for v in (g[:, 0], hu, wu))
+    key = ((image * span_t + t) * span_r + row) * span_c + col
     if n > 1 and not bool((key[1:] > key[:-1]).all()):
         raise ValueError(f"{REGIONS_KEY} must be sorted by (image, t, row, col) without repeats")
     cells = []

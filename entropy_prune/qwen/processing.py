@@ -211,7 +211,7 @@ class PruningProcessorMixin:
     image gets exactly as many placeholder tokens as it has kept regions."""
 
     def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
-        if image_processor is not None:
+        if image_processor is not None and not isinstance(image_processor, PruningImageProcessorMixin):
             image_processor = as_pruning_image_processor(image_processor, {})
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
@@ -263,8 +263,6 @@ def as_pruning_image_processor(image_processor: Any, given: dict) -> Any:
             "expected a Qwen-VL image processor "
             f"({', '.join(c.__name__ for c in IMAGE_PROCESSOR_CLASSES)}), got {type(image_processor).__name__}"
         )
-    if isinstance(image_processor, PruningImageProcessorMixin) and not given:
-        return image_processor
     new = copy.deepcopy(image_processor)
     new.__class__ = _pruning_class(type(image_processor), PruningImageProcessorMixin)
     for key, default in SETTINGS.items():

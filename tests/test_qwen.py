@@ -1,0 +1,396 @@
+"""Qwen2-VL adapter: offline tiny random model, in-memory tokenizer, both image-processor backends."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from qwen_tiny import make_model, make_processor, textured_image  # noqa: E402
+from transformers import AutoProcessor  # noqa: E402
+
+from entropy_prune import select_patches  # noqa: E402
+from entropy_prune.qwen import REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
+
+BACKENDS = ("torchvision", "pil")
+PROMPTS = [
+    [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare these two."}],
+    [{"type": "image"}, {"type": "text", "text": "What is it?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def processors():
+    return {b: make_processor(b) for b in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def model(processors):
+    return make_model(processors["torchvision"].tokenizer)
+
+
+@pytest.fixture
+def patched(model):
+    patch_model(model)
+    yield model
+    unpatch_model(model)
+
+
+@pytest.fixture(scope="module")
+def images():
+    # Three sizes; the processor resizes them to 4x6, 3x3 and 5x2 merge units.
+    return [textured_image(112, 168, 0), textured_image(84, 84, 1), textured_image(140, 56, 2)]
+
+
+@pytest.fixture(scope="module")
+def texts(processors):
+    proc = processors["torchvision"]
+    return [proc.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True) for c in PROMPTS]
+
+
+def run(proc, images, texts, **kwargs):
+    return proc(images=images, text=texts, return_tensors="pt", padding=True, **kwargs)
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def greedy(model, inputs, **kwargs):
+    return model.generate(**inputs, max_new_tokens=3, do_sample=False, **kwargs)
+
+
+def raw_images(proc, images):
+    """Resized uint8 images as the stock processor produced them, rebuilt from un-normalised rows
+    (independent of the adapter's de-normalisation)."""
+    out = proc.image_processor(images, do_rescale=False, do_normalize=False, return_tensors="pt")
+    p, m = proc.image_processor.patch_size, proc.image_processor.merge_size
+    rows, start, result = out["pixel_values"], 0, []
+    for t, h, w in out["image_grid_thw"].tolist():
+        x = rows[start : start + t * h * w].reshape(h // m, w // m, m, m, 3, 2, p, p)[..., 0, :, :]
+        start += t * h * w
+        x = x.permute(0, 2, 5, 1, 3, 6, 4).reshape(h * p, w * p, 3)  # (hu, mh, ph, wu, mw, pw, C)
+        result.append(x.round().to(torch.uint8).numpy())
+    return result
+
+
+# ---------------------------------------------------------------- keep-all equals stock
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("settings", [dict(patch_selection_method=None), dict(patch_selection_method="budget", alpha=1.0)])
+def test_keep_all_equals_stock(processors, patched, images, texts, backend, settings):
+    proc = processors[backend]
+    stock = run(proc, images, texts)
+    assert (stock["attention_mask"] == 0).any(), "the batch must exercise left padding"
+    unpatch_model(patched)
+    ref_logits, ref_tokens = logits(patched, stock), greedy(patched, stock)
+    patch_model(patched)
+    ours = run(wrap_processor(proc, **settings), images, texts)
+    if settings["patch_selection_method"] is None:
+        assert set(ours) == set(stock)
+        assert all(torch.equal(ours[k], stock[k]) for k in stock)
+    else:
+        assert torch.equal(ours["pixel_values"], stock["pixel_values"])
+        assert torch.equal(ours["input_ids"], stock["input_ids"])
+        assert (ours[REGIONS_KEY][:, 1] == 1).all()
+    assert torch.equal(logits(patched, ours), ref_logits)
+    assert torch.equal(greedy(patched, ours), ref_tokens)
+
+
+# ---------------------------------------------------------------- pruned budgets
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["multiscale", "drop"])
+def test_budget_counts_match_core_and_features(processors, patched, images, texts, backend, mode):
+    proc = processors[backend]
+    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=0.3, mode=mode)
+    inputs = run(wrapped, images, texts)
+    regions = inputs[REGIONS_KEY]
+    per_image = torch.bincount(regions[:, 0], minlength=len(images)).tolist()
+    selections = [select_patches(img, method="budget", alpha=0.3, patch_size=28, mode=mode) for img in raw_images(proc, images)]
+    core = [sel.num_tokens for sel in selections]
+    for i, sel in enumerate(selections):  # scored on exactly the resized image the processor made
+        assert regions[regions[:, 0] == i][:, [1, 3, 4]].tolist() == sel.regions.tolist()
+    features = [len(f) for f in prepare_inputs(patched, inputs)["mm_encoder_outputs"]["image"].pooler_output]
+    image_id = patched.config.image_token_id
+    pads = (inputs["input_ids"] == image_id).sum(1).tolist()
+    assert per_image == core == features
+    assert pads == [core[0] + core[1], core[2]]
+    assert inputs["pixel_values"].shape[0] == 4 * sum(core)
+    assert torch.equal(inputs["image_grid_thw"], run(proc, images, texts)["image_grid_thw"])
+    out = logits(patched, inputs)
+    assert out.shape[:2] == inputs["input_ids"].shape and torch.isfinite(out).all()
+    length = inputs["input_ids"].shape[1]
+    assert greedy(patched, inputs).shape == (2, length + 3)
+    assert greedy(patched, inputs, num_beams=2).shape == (2, length + 3)
+
+
+def test_pruning_reduces_prompt(processors, images, texts):
+    proc = processors["torchvision"]
+    stock, ours = run(proc, images, texts), run(wrap_processor(proc), images, texts)
+    assert ours["attention_mask"].sum() < stock["attention_mask"].sum()
+    assert ours["pixel_values"].shape[0] < stock["pixel_values"].shape[0]
+
+
+# ---------------------------------------------------------------- positions, independent of our code
+
+
+def top_rows_image(k: int, rows: int, cols: int) -> np.ndarray:
+    """Noise in the top k unit rows, flat grey below; exactly (28 rows, 28 cols) px."""
+    img = np.full((28 * rows, 28 * cols, 3), 90, dtype=np.uint8)
+    img[: 28 * k] = np.random.default_rng(7).integers(0, 256, (28 * k, 28 * cols, 3))
+    return img
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drop_top_rows_equals_stock_on_cropped_grid(processors, patched, backend):
+    proc = processors[backend]
+    k, rows, cols = 2, 4, 6
+    image = top_rows_image(k, rows, cols)
+    assert np.array_equal(raw_images(proc, [image])[0], image)  # already 28-aligned: no resampling
+    text = [proc.apply_chat_template([{"role": "user", "content": PROMPTS[1]}], add_generation_prompt=True)]
+    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=k / rows, mode="drop")
+    ours = run(wrapped, [image], text)
+    expected = [[0, 1, 0, r, c] for r in range(k) for c in range(cols)]
+    assert ours[REGIONS_KEY].tolist() == expected
+    stock_full = run(proc, [image], text)
+    assert torch.equal(stock_full["image_grid_thw"], torch.tensor([[1, 2 * rows, 2 * cols]]))
+    cropped = dict(ours)
+    del cropped[REGIONS_KEY]
+    cropped["image_grid_thw"] = torch.tensor([[1, 2 * k, 2 * cols]])
+    assert torch.equal(ours["pixel_values"], stock_full["pixel_values"][: 4 * k * cols])
+    unpatch_model(patched)
+    reference = logits(patched, cropped)
+    patch_model(patched)
+    assert torch.equal(logits(patched, ours), reference)
+
+
+def test_coarse_region_is_area_average(processors, images):
+    proc = processors["torchvision"]
+    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=0.3)
+    out = wrapped.image_processor(images[:1], return_tensors="pt")
+    stock = proc.image_processor(images[:1], return_tensors="pt")
+    _, gh, gw = stock["image_grid_thw"][0].tolist()
+    # stock rows -> normalised image (T, C, H, W)
+    full = stock["pixel_values"].reshape(gh // 2, gw // 2, 2, 2, 3, 2, 14, 14)
+    full = full.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(2, 3, gh * 14, gw * 14).numpy().astype(np.float64)
+    regions = out[REGIONS_KEY]
+    assert (regions[:, 1] > 1).any()
+    for n, (_, level, _, r, c) in enumerate(regions.tolist()):
+        b = 1 << (level - 1)
+        block = full[:, :, r * 28 : (r + b) * 28, c * 28 : (c + b) * 28]
+        small = block.reshape(2, 3, 28, b, 28, b).mean(axis=(3, 5))  # (T, C, 28, 28)
+        expect = small.reshape(2, 3, 2, 14, 2, 14).transpose(2, 4, 1, 0, 3, 5).reshape(4, -1)
+        got = out["pixel_values"][4 * n : 4 * n + 4].numpy()
+        np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)
+
+
+def test_positions_of_coarse_regions(processors, model, images, texts):
+    """LLM positions follow the documented rule: region (level, r, c) -> (r + (b-1)//2, c + (b-1)//2)
+    offset by the text before it, and text continues after max(grid) / 2 units."""
+    proc = processors["torchvision"]
+    inputs = run(wrap_processor(proc, alpha=0.3), images[:1], texts[1:])
+    pos = prepare_inputs(model, inputs)["position_ids"]
+    ids = inputs["input_ids"][0]
+    is_img = ids == model.config.image_token_id
+    start = int(is_img.nonzero()[0])
+    regions = inputs[REGIONS_KEY]
+    b = 1 << (regions[:, 1] - 1)
+    off = (b - 1) // 2
+    expect = torch.stack([torch.zeros_like(off), regions[:, 3] + off, regions[:, 4] + off]) + start
+    assert torch.equal(pos[1:, 0, is_img], expect)
+    assert torch.equal(pos[0, 0], torch.arange(ids.numel()))
+    after = int(is_img.nonzero()[-1]) + 1
+    _, gh, gw = inputs["image_grid_thw"][0].tolist()
+    assert (pos[1:, 0, after] == start + max(gh, gw) // 2).all()
+
+
+# ---------------------------------------------------------------- settings: three ways, save/load
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_ways_agree(processors, images, texts, backend):
+    proc = processors[backend]
+    settings = dict(patch_selection_method="v2", alpha=1.0)
+    by_constructor = run(wrap_processor(proc, **settings), images, texts)
+    attr = wrap_processor(proc)
+    attr.image_processor.patch_selection_method = "v2"
+    attr.image_processor.alpha = 1.0
+    by_attribute = run(attr, images, texts)
+    by_call = run(wrap_processor(proc), images, texts, images_kwargs=settings)
+    by_flat = run(wrap_processor(proc), images, texts, **settings)
+    default = run(wrap_processor(proc), images, texts)
+    for other in (by_attribute, by_call, by_flat):
+        for key in ("pixel_values", REGIONS_KEY, "input_ids"):
+            assert torch.equal(other[key], by_constructor[key])
+    assert not torch.equal(default[REGIONS_KEY], by_constructor[REGIONS_KEY])
+
+
+def test_save_load_round_trip(processors, images, texts, tmp_path):
+    wrapped = wrap_processor(processors["torchvision"], patch_selection_method="v1", thresholds=[2.5, 1.5], mode="multiscale")
+    wrapped.save_pretrained(tmp_path)
+    expected = run(wrapped, images, texts)
+    loaded = type(wrapped).from_pretrained(tmp_path)
+    rewrapped = wrap_processor(AutoProcessor.from_pretrained(tmp_path))
+    for proc in (loaded, rewrapped):
+        assert proc.image_processor.selection_settings == wrapped.image_processor.selection_settings
+        got = run(proc, images, texts)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+    ip_dir = tmp_path / "image_processor"
+    wrapped.image_processor.save_pretrained(ip_dir)
+    ip = type(wrapped.image_processor).from_pretrained(ip_dir, alpha=0.7, patch_selection_method="budget")
+    assert (ip.patch_selection_method, ip.alpha, ip.thresholds) == ("budget", 0.7, [2.5, 1.5])
+    clone = pickle.loads(pickle.dumps(wrapped.image_processor))
+    assert clone.selection_settings == wrapped.image_processor.selection_settings
+
+
+def test_wrapping_leaves_original_untouched(processors, images, texts):
+    proc = processors["pil"]
+    before = run(proc, images, texts)
+    wrapped = wrap_processor(proc, alpha=0.5)
+    wrapped.image_processor.alpha = 0.2
+    after = run(proc, images, texts)
+    assert type(proc.image_processor).__name__ == type(wrapped.image_processor).__name__
+    assert isinstance(wrapped, type(proc)) and isinstance(wrapped.image_processor, type(proc.image_processor))
+    assert not hasattr(proc.image_processor, "alpha") and REGIONS_KEY not in after
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_bare_image_processor_and_numpy_output(processors, images):
+    tv = wrap_processor(processors["torchvision"].image_processor, alpha=0.4)
+    pil = wrap_processor(processors["pil"].image_processor, alpha=0.4)
+    a, b = tv(images), pil(images)
+    assert isinstance(b["pixel_values"], np.ndarray) and isinstance(b[REGIONS_KEY], np.ndarray)
+    assert torch.equal(a[REGIONS_KEY], torch.from_numpy(b[REGIONS_KEY]))
+    np.testing.assert_allclose(a["pixel_values"].numpy(), b["pixel_values"], atol=1e-5)
+
+
+def test_chat_template_and_decode(processors, patched, images):
+    wrapped = wrap_processor(processors["torchvision"], alpha=0.3)
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.fromarray(images[0])}, {"type": "text", "text": "hi"}]}]
+    inputs = wrapped.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    assert int((inputs["input_ids"] == patched.config.image_token_id).sum()) == len(inputs[REGIONS_KEY])
+    tokens = greedy(patched, inputs)
+    text = wrapped.batch_decode(tokens[:, inputs["input_ids"].shape[1] :])
+    assert isinstance(text, list) and len(text) == 1
+
+
+# ---------------------------------------------------------------- patching
+
+
+def test_patch_idempotent_and_passthrough(processors, model, images, texts):
+    stock = run(processors["torchvision"], images, texts)
+    reference = logits(model, stock)
+    patch_model(model)
+    forward = model.forward
+    assert patch_model(model) is model and model.forward is forward
+    try:
+        assert torch.equal(logits(model, stock), reference)
+    finally:
+        unpatch_model(model)
+    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
+    assert unpatch_model(model) is model
+
+
+def test_prepare_inputs_without_patching(processors, model, images, texts):
+    inputs = run(wrap_processor(processors["torchvision"], alpha=0.3), images, texts)
+    plain = logits(model, prepare_inputs(model, inputs))
+    tokens = model.generate(**prepare_inputs(model, inputs), max_new_tokens=3, do_sample=False)
+    patch_model(model)
+    try:
+        assert torch.equal(logits(model, inputs), plain)
+        assert torch.equal(greedy(model, inputs), tokens)
+        assert torch.equal(model(inputs["input_ids"], **{k: v for k, v in inputs.items() if k != "input_ids"}).logits, plain)
+    finally:
+        unpatch_model(model)
+
+
+def test_image_with_no_kept_token(processors, patched, images, texts):
+    """Drop mode with a budget that rounds to 0 for the smallest image still runs end to end."""
+    wrapped = wrap_processor(processors["torchvision"], alpha=0.05, mode="drop")
+    inputs = run(wrapped, images, texts)
+    counts = torch.bincount(inputs[REGIONS_KEY][:, 0], minlength=3).tolist()
+    assert 0 in counts
+    assert torch.isfinite(logits(patched, inputs)).all()
+    assert greedy(patched, inputs, num_beams=2).shape[0] == 2
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "settings, error, match",
+    [
+        (dict(patch_selection_method="fancy"), ValueError, "budget"),
+        (dict(alpha=0.0), ValueError, "alpha"),
+        (dict(alpha=1.5), ValueError, "alpha"),
+        (dict(alpha="0.3"), TypeError, "alpha"),
+        (dict(patch_selection_method="v1", thresholds=[1.0, 2.0, 3.0]), ValueError, "thresholds"),
+        (dict(mode="sparse"), ValueError, "mode"),
+        (dict(score="edges"), ValueError, "score"),
+        (dict(budget=3), TypeError, "budget"),
+    ],
+)
+def test_bad_settings(processors, images, texts, settings, error, match):
+    proc = processors["torchvision"]
+    with pytest.raises(error, match=match):
+        wrap_processor(proc, **settings)
+    known = {k: v for k, v in settings.items() if k != "budget"}
+    if known:
+        with pytest.raises(error, match=match):
+            run(wrap_processor(proc), images, texts, images_kwargs=known)
+        wrapped = wrap_processor(proc)
+        for k, v in known.items():
+            setattr(wrapped.image_processor, k, v)
+        with pytest.raises(error, match=match):
+            run(wrapped, images, texts)
+
+
+def test_bad_models_and_processors(processors):
+    with pytest.raises(TypeError, match="Qwen"):
+        patch_model(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="Qwen"):
+        prepare_inputs(torch.nn.Linear(2, 2), {})
+    with pytest.raises(TypeError, match="Qwen"):
+        wrap_processor(processors["torchvision"].tokenizer)
+
+
+def test_mismatched_regions_rejected(processors, patched, images, texts):
+    inputs = run(wrap_processor(processors["torchvision"], alpha=0.3), images, texts)
+    regions = inputs[REGIONS_KEY]
+    assert regions[:2].tolist() == [[0, 2, 0, 0, 0], [0, 2, 0, 0, 2]]
+
+    def variant(**changes):
+        return {**inputs, **changes}
+
+    def with_regions(r):
+        return variant(**{REGIONS_KEY: r})
+
+    overlap = regions.clone()
+    overlap[1] = torch.tensor([0, 1, 0, 0, 1])  # sorted after (0, 0) but inside its 2x2 block
+    ids = inputs["input_ids"].clone()
+    ids[0, (ids[0] == patched.config.image_token_id).nonzero()[0]] = 65
+    cases = [
+        (variant(pixel_values=inputs["pixel_values"][:-4]), ValueError, "pixel_values has"),
+        (with_regions(regions[1:]), ValueError, "pixel_values has"),
+        (with_regions(regions[:, :4]), ValueError, "shape"),
+        (with_regions(regions.flip(0)), ValueError, "sorted"),
+        (with_regions(regions + torch.tensor([0, 0, 0, 50, 0])), ValueError, "inside"),
+        (with_regions(regions + torch.tensor([5, 0, 0, 0, 0])), ValueError, "image indices"),
+        (with_regions(regions.float()), TypeError, "integer"),
+        (with_regions(overlap), ValueError, "overlapping"),
+        (variant(input_ids=ids), ValueError, "placeholder"),
+        (variant(position_ids=torch.zeros(3, 2, ids.shape[1], dtype=torch.long)), ValueError, "position_ids"),
+    ]
+    for bad, error, match in cases:
+        with pytest.raises(error, match=match):
+            logits(patched, bad)
