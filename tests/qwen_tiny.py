@@ -58,10 +58,13 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def make_processor(backend: str = "torchvision") -> Qwen2VLProcessor:
-    """Stock Qwen2VLProcessor with the given image-processor backend ("torchvision" or "pil")."""
+    """Stock Qwen2VLProcessor with the given image-processor backend ("torchvision" or "pil").
+
+    transformers 5.23 refuses `video_processor=None`, so a (tiny) video processor is always passed.
+    """
     cls = {"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil}[backend]
     image_processor = cls(size=dict(SIZE))
-    video_processor = Qwen2VLVideoProcessor(size=dict(SIZE))
+    video_processor = Qwen2VLVideoProcessor(size=dict(SIZE), cap_pixels_per_frame=False)
     return Qwen2VLProcessor(
         image_processor=image_processor,
         tokenizer=make_tokenizer(),

@@ -83,7 +83,10 @@ def raw_images(proc, images):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("settings", [dict(patch_selection_method=None), dict(patch_selection_method="budget", alpha=1.0)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(patch_selection_method=None), dict(patch_selection_method="none"), dict(patch_selection_method="budget", alpha=1.0)],
+)
 def test_keep_all_equals_stock(processors, patched, images, texts, backend, settings):
     proc = processors[backend]
     stock = run(proc, images, texts)
@@ -92,7 +95,7 @@ def test_keep_all_equals_stock(processors, patched, images, texts, backend, sett
     ref_logits, ref_tokens = logits(patched, stock), greedy(patched, stock)
     patch_model(patched)
     ours = run(wrap_processor(proc, **settings), images, texts)
-    if settings["patch_selection_method"] is None:
+    if settings["patch_selection_method"] in (None, "none"):
         assert set(ours) == set(stock)
         assert all(torch.equal(ours[k], stock[k]) for k in stock)
     else:
@@ -137,6 +140,30 @@ def test_pruning_reduces_prompt(processors, images, texts):
     stock, ours = run(proc, images, texts), run(wrap_processor(proc), images, texts)
     assert ours["attention_mask"].sum() < stock["attention_mask"].sum()
     assert ours["pixel_values"].shape[0] < stock["pixel_values"].shape[0]
+
+
+def test_unpruned_video_alongside_pruned_images(processors, patched, images):
+    proc = processors["torchvision"]
+    video = np.stack([textured_image(84, 112, s) for s in range(4)])
+    content = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "and?"}]
+    text = [proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)]
+    stock = proc(images=images[:1], videos=[video], text=text, return_tensors="pt")
+    unpatch_model(patched)
+    reference = logits(patched, stock)
+    patch_model(patched)
+    keep_all = wrap_processor(proc, alpha=1.0)(images=images[:1], videos=[video], text=text, return_tensors="pt")
+    assert torch.equal(logits(patched, keep_all), reference)
+    pruned = wrap_processor(proc, alpha=0.3)(images=images[:1], videos=[video], text=text, return_tensors="pt")
+    assert torch.equal(pruned["pixel_values_videos"], stock["pixel_values_videos"])
+    assert greedy(patched, pruned, num_beams=2).shape[1] == pruned["input_ids"].shape[1] + 3
+
+
+def test_size_only_token_counts_refused_while_pruning(processors):
+    proc = processors["torchvision"]
+    stock = proc._get_num_multimodal_tokens(image_sizes=[(112, 168)])
+    assert wrap_processor(proc, patch_selection_method=None)._get_num_multimodal_tokens(image_sizes=[(112, 168)]) == stock
+    with pytest.raises(ValueError, match="content"):
+        wrap_processor(proc)._get_num_multimodal_tokens(image_sizes=[(112, 168)])
 
 
 # ---------------------------------------------------------------- positions, independent of our code

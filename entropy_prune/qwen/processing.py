@@ -215,6 +215,18 @@ class PruningProcessorMixin:
             image_processor = as_pruning_image_processor(image_processor, {})
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
+    def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
+        """Stock size-only token counts, refused for images while pruning (counts depend on content)."""
+        if image_sizes is not None:
+            images_kwargs = self._merge_kwargs(**kwargs)["images_kwargs"]
+            method = images_kwargs.get("patch_selection_method", self.image_processor.patch_selection_method)
+            if not is_none_method(method):
+                raise ValueError(
+                    "with patch selection the number of image tokens depends on the image content; "
+                    "run the processor on the images to get it"
+                )
+        return super()._get_num_multimodal_tokens(image_sizes=image_sizes, video_sizes=video_sizes, **kwargs)
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         regions = image_inputs.get(REGIONS_KEY)
         if regions is None:
