@@ -91,8 +91,7 @@ def gray(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2 or arr.shape[-1] == 1:
         g = arr if arr.ndim == 2 else arr[..., 0]
         return g.astype(np.float32, copy=False)
-    r, g, b = (arr[..., i].astype(np.float32) for i in range(3))
-    return np.float32(BT601[0]) * r + np.float32(BT601[1]) * g + np.float32(BT601[2]) * b
+    return arr[..., :3].astype(np.float32) @ np.array(BT601, np.float32)
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

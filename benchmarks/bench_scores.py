@@ -1,0 +1,171 @@
+"""Time and peak memory of entropy maps (+ budget selection), ours vs two references.
+
+    python benchmarks/bench_scores.py [--repeats 20]
+
+References, kept here only:
+  one-hot  - per scale, a one-hot int64 histogram tensor per pixel (2 KB/pixel), summed over
+             each cell: the method of the earlier public implementation.
+  histc    - torch.histc over each cell of each scale, one call per cell.
+All run on one CPU thread on the same real photograph (skimage astronaut, resized) at 1 MP and
+4 MP. Memory: extra peak resident memory of a fresh process over its state just before the
+call: the larger of the resident-memory high-water mark (VmHWM, reset just before the call;
+sees torch allocations) and tracemalloc's peak (exact for numpy allocations).
+"""
+
+from __future__ import annotations
+
+import os
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+P, SCALES, BINS = 28, 3, 256
+
+
+def photo(side: int) -> np.ndarray:
+    from PIL import Image
+    from skimage import data
+
+    return np.array(Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC))
+
+
+def luma_bins(img):
+    import torch
+
+    x = torch.from_numpy(img).float()
+    g = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    return (g * (BINS / 255.0)).long().clamp_(max=BINS - 1)
+
+
+def entropy_bits(hist):
+    import torch
+
+    prob = hist / hist.sum(-1, keepdim=True)
+    return -(prob * torch.log2(prob.clamp_min(1e-30))).sum(-1)
+
+
+def onehot_reference(img):
+    """Entropy maps by one-hot histograms, one scale at a time (the earlier public method)."""
+    import torch
+
+    b = luma_bins(img)
+    out = []
+    for k in range(SCALES):
+        s = P << k
+        rows, cols = b.shape[0] // s, b.shape[1] // s
+        onehot = torch.nn.functional.one_hot(b[: rows * s, : cols * s], BINS)  # (H, W, 256) int64
+        hist = onehot.reshape(rows, s, cols, s, BINS).sum((1, 3)).double()
+        out.append(entropy_bits(hist))
+        del onehot
+    return out
+
+
+def histc_reference(img):
+    """Entropy maps with torch.histc, one call per cell of every scale."""
+    import torch
+
+    g = luma_bins(img).float()
+    out = []
+    for k in range(SCALES):
+        s = P << k
+        rows, cols = g.shape[0] // s, g.shape[1] // s
+        m = torch.empty(rows, cols, dtype=torch.float64)
+        for i in range(rows):
+            for j in range(cols):
+                h = torch.histc(g[i * s:(i + 1) * s, j * s:(j + 1) * s], BINS, 0, BINS)
+                m[i, j] = entropy_bits(h.double())
+        out.append(m)
+    return out
+
+
+def ours_maps(img):
+    from entropy_prune import entropy_maps
+
+    return entropy_maps(img, P, SCALES, BINS)
+
+
+def ours_budget(img):
+    from entropy_prune import select_patches
+
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES)
+
+
+METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
+           "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
+
+
+def status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def measure(name: str, side: int, repeats: int) -> dict:
+    """Run in this process (a fresh child): extra peak memory of one call, then median time."""
+    import tracemalloc
+
+    import torch
+
+    torch.set_num_threads(1)
+    fn = METHODS[name]
+    img = photo(side)
+    fn(img[:P * 4, :P * 4].copy())  # load lazily imported code before measuring memory
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+    before = status_kb("VmRSS")
+    tracemalloc.start()
+    fn(img)
+    traced = tracemalloc.get_traced_memory()[1] / 1024
+    tracemalloc.stop()
+    extra = max(status_kb("VmHWM") - before, traced)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(img)
+        times.append(time.perf_counter() - t)
+    return {"ms": 1000 * statistics.median(times), "extra_mb": max(extra, 0) / 1024, "image_mb": img.nbytes / 2**20}
+
+
+def check_agreement(side: int) -> float:
+    """Largest |difference| in bits between ours and the one-hot reference (whole cells)."""
+    img = photo(side)
+    return max(float(np.abs(a[: b.shape[0], : b.shape[1]] - b.numpy()).max())
+               for a, b in zip(ours_maps(img), onehot_reference(img)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls of our code (references: 3)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000], help="square image sides in px")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name, side, repeats = args.child
+        print(json.dumps(measure(name, int(side), int(repeats))))
+        return
+    print(f"entropy maps, patch {P} px, {SCALES} scales, {BINS} bins; one thread; median of repeated calls")
+    print(f"{'image':>10} {'method':<22} {'median ms':>10} {'extra peak MB':>14} {'x image':>8} {'speed-up':>9}")
+    for side in args.sizes:
+        rows = {}
+        for name in METHODS:
+            repeats = args.repeats if name.startswith("ours") else 3
+            out = subprocess.run([sys.executable, __file__, "--child", name, str(side), str(repeats)],
+                                 check=True, capture_output=True, text=True).stdout
+            rows[name] = json.loads(out.strip().splitlines()[-1])
+        base = rows["ours: maps + budget"]["ms"]
+        for name, r in rows.items():
+            print(f"{side * side / 1e6:>8.0f}MP {name:<22} {r['ms']:>10.2f} {r['extra_mb']:>14.1f} "
+                  f"{r['extra_mb'] / r['image_mb']:>8.2f} {r['ms'] / base:>8.1f}x")
+        print(f"{'':>10} max |ours - one-hot| = {check_agreement(side):.2e} bits")
+
+
+if __name__ == "__main__":
+    main()
