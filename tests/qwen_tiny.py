@@ -1,5 +1,6 @@
-"""Tiny offline Qwen2-VL pieces for tests: an in-memory byte-level tokenizer, processors for both
-image-processor backends and a random-weight model built from a config (no downloads)."""
+"""Tiny offline Qwen-VL pieces for tests: an in-memory byte-level tokenizer, processors for both
+image-processor backends and random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL models built from
+configs (no downloads)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -39,6 +49,7 @@ CHAT_TEMPLATE = (
 
 # Small pixel budget so test images stay a few merge units wide.
 SIZE = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64}
+SIZE_QWEN3 = {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64}
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -57,15 +68,22 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def make_processor(backend: str = "torchvision") -> Qwen2VLProcessor:
-    """Stock Qwen2VLProcessor with the given image-processor backend ("torchvision" or "pil").
+def make_processor(backend: str = "torchvision", family: str = "qwen2_vl"):
+    """Stock processor of ``family`` with the given image-processor backend ("torchvision" or "pil").
 
     transformers 5.23 refuses `video_processor=None`, so a (tiny) video processor is always passed.
+    Qwen3-VL uses 16 px patches (32 px units) and mean/std 0.5.
     """
-    cls = {"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil}[backend]
-    image_processor = cls(size=dict(SIZE))
-    video_processor = Qwen2VLVideoProcessor(size=dict(SIZE), cap_pixels_per_frame=False)
-    return Qwen2VLProcessor(
+    image_cls = {"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil}[backend]
+    if family == "qwen3_vl":
+        half = [0.5, 0.5, 0.5]
+        image_processor = image_cls(size=dict(SIZE_QWEN3), patch_size=16, image_mean=half, image_std=half)
+        video_processor = Qwen3VLVideoProcessor(size=dict(SIZE_QWEN3), do_sample_frames=False, cap_pixels_per_frame=False)
+    else:
+        image_processor = image_cls(size=dict(SIZE))
+        video_processor = Qwen2VLVideoProcessor(size=dict(SIZE), cap_pixels_per_frame=False)
+    processor_cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[family]
+    return processor_cls(
         image_processor=image_processor,
         tokenizer=make_tokenizer(),
         video_processor=video_processor,
@@ -73,32 +91,41 @@ def make_processor(backend: str = "torchvision") -> Qwen2VLProcessor:
     )
 
 
-def make_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
+def make_config(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl"):
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    return Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|im_start|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=64,
-            num_heads=4,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        bos_token_id=ids["<|im_start|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(depth=2, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_vl":
+        cls = Qwen2VLConfig
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+    elif family == "qwen2_5_vl":
+        cls = Qwen2_5_VLConfig
+        vision.update(
+            hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=112,
+            fullatt_block_indexes=[1], tokens_per_second=2,
+        )
+    else:
+        cls = Qwen3VLConfig
+        text.update(head_dim=16)
+        vision.update(
+            hidden_size=32, intermediate_size=64, out_hidden_size=64, patch_size=16,
+            num_position_embeddings=64, deepstack_visual_indexes=[0],
+        )
+    return cls(
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -106,11 +133,16 @@ def make_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
     )
 
 
-def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2VLForConditionalGeneration:
-    """Random-weight tiny Qwen2-VL in float32, eval mode, sdpa attention."""
+def make_model(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl", seed: int = 0):
+    """Random-weight tiny model of ``family`` in float32, eval mode, sdpa attention."""
     torch.manual_seed(seed)
-    config = make_config(tokenizer)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    config = make_config(tokenizer, family)
+    cls = {
+        "qwen2_vl": Qwen2VLForConditionalGeneration,
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": Qwen3VLForConditionalGeneration,
+    }[family]
+    model = cls(config).eval()
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     return model

@@ -14,7 +14,7 @@ from qwen_tiny import make_model, make_processor, textured_image  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
 from entropy_prune import select_patches  # noqa: E402
-from entropy_prune.qwen import REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
+from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
 
 BACKENDS = ("torchvision", "pil")
 PROMPTS = [
@@ -153,8 +153,11 @@ def test_unpruned_video_alongside_pruned_images(processors, patched, images):
     patch_model(patched)
     keep_all = wrap_processor(proc, alpha=1.0)(images=images[:1], videos=[video], text=text, return_tensors="pt")
     assert torch.equal(logits(patched, keep_all), reference)
-    pruned = wrap_processor(proc, alpha=0.3)(images=images[:1], videos=[video], text=text, return_tensors="pt")
-    assert torch.equal(pruned["pixel_values_videos"], stock["pixel_values_videos"])
+    pruned = wrap_processor(proc, alpha=0.3)(
+        images=images[:1], videos=[video], text=text, return_tensors="pt", videos_kwargs={"patch_selection_method": None}
+    )
+    assert torch.equal(pruned["pixel_values_videos"], stock["pixel_values_videos"]) and VIDEO_REGIONS_KEY not in pruned
+    assert len(pruned[REGIONS_KEY]) < len(keep_all[REGIONS_KEY])
     assert greedy(patched, pruned, num_beams=2).shape[1] == pruned["input_ids"].shape[1] + 3
 
 

@@ -13,6 +13,6 @@ region and each image gets one ``<|image_pad|>`` per kept region.
 """
 
 from .modeling import patch_model, prepare_inputs, unpatch_model
-from .processing import REGIONS_KEY, SETTINGS, wrap_processor
+from .processing import REGIONS_KEY, SETTINGS, VIDEO_REGIONS_KEY, wrap_processor
 
-__all__ = ["REGIONS_KEY", "SETTINGS", "patch_model", "prepare_inputs", "unpatch_model", "wrap_processor"]
+__all__ = ["REGIONS_KEY", "SETTINGS", "VIDEO_REGIONS_KEY", "patch_model", "prepare_inputs", "unpatch_model", "wrap_processor"]

@@ -1,62 +1,88 @@
-"""Per-family strategies: how a model family encodes kept units and places them in M-RoPE.
+"""Per-family strategies: how a Qwen-VL family encodes kept units and places them in M-RoPE.
 
-A strategy is told the kept regions of each visual item and returns vision features through the
-public vision tower with precomputed rotary positions / attention segments, and per-item LLM
-positions. Region geometry (merge size m, region side b = 2^(level-1) units):
+A strategy runs the kept units of all images (or all videos) through the public vision tower with
+precomputed rotary positions and attention segments, and gives each visual item's LLM positions.
+Region geometry (merge size m, region side b = 2^(level-1) units, top-left unit (r, c)):
 
 * Vision tower: the unit standing for a region keeps its m x m patches one position apart (the
-  spacing every unit had in training) and centres them on the region: patch (mh, mw) of a region
-  whose top-left unit is (r, c) gets (h, w) = (m r + m (b-1)/2 + mh, m c + m (b-1)/2 + mw), which
-  lies inside the sub-block of the region that patch averages. Level 1 gives the stock positions.
-* LLM: the region's token gets (t, h, w) = (t, r + (b-1)//2, c + (b-1)//2) relative to the item
-  start, i.e. the unit at (or just up-left of) the region centre. Text after the item continues
-  from the full grid's extent, as for the unpruned item, so text positions never move.
+  spacing every unit had in training) and centres them on the region: patch (mh, mw) gets
+  (h, w) = (m r + m (b-1)/2 + mh, m c + m (b-1)/2 + mw), which lies inside the sub-block of the
+  region that the patch averages. Level 1 gives the stock positions.
+* LLM: the region's token gets (t, h, w) = (time(t), r + (b-1)//2, c + (b-1)//2) relative to the
+  item start, i.e. the unit at (or just up-left of) the region centre. Text after the item
+  continues from the full grid's extent, as for the unpruned item, so text positions never move.
 * Drop mode keeps level-1 units only: their stock positions.
+
+Families: Qwen2-VL (full attention per frame); Qwen2.5-VL (adds window attention: kept units are
+ordered by (t, window, row, col) for the tower and un-permuted after; a region belongs to the window
+of its representative unit; time positions scaled by ``second_per_grid_ts``); Qwen3-VL (learned
+position embedding interpolated for the full grid and gathered at each kept patch's (h, w);
+deepstack features split per item like the main features; one video item per temporal group, as
+its prompt has one timestamped group per temporal patch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import (
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2_5_VLProcessor,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLModel,
     Qwen2VLProcessor,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLModel,
+    Qwen3VLProcessor,
 )
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+from transformers.vision_utils import get_vision_interpolation_indices_and_weights
 
 IMAGE_PROCESSOR_CLASSES = (Qwen2VLImageProcessor, Qwen2VLImageProcessorPil)
-PROCESSOR_CLASSES = (Qwen2VLProcessor,)
+VIDEO_PROCESSOR_CLASSES = (Qwen2VLVideoProcessor, Qwen3VLVideoProcessor)
+PROCESSOR_CLASSES = (Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor)
 
 
 @dataclass(frozen=True)
 class VisualItem:
-    """One image (or video) as the LLM sees it.
+    """One image, video, or (Qwen3-VL) video temporal group as the LLM sees it.
 
     Attributes:
-        regions: int64 (n, 4) kept regions (level, t, row, col), merge-unit coordinates.
-        positions: int64 (3, n) (t, h, w) LLM positions relative to the item start.
+        positions: int64 (3, n) (t, h, w) LLM positions of its n tokens relative to the item start.
         extent: how far text after the item advances (stock: max(grid_h, grid_w) / m).
     """
 
-    regions: torch.Tensor
     positions: torch.Tensor
     extent: int
 
     @property
     def num_tokens(self) -> int:
-        return int(self.regions.shape[0])
+        return int(self.positions.shape[1])
+
+
+def full_grid_regions(grid_thw: torch.Tensor, m: int) -> torch.Tensor:
+    """Level-1 regions (item, level, t, row, col) of every unit of every (t, h, w) grid, stock order."""
+    out = []
+    for i, (t, h, w) in enumerate(grid_thw.tolist()):
+        tt, rr, cc = torch.meshgrid(torch.arange(t), torch.arange(h // m), torch.arange(w // m), indexing="ij")
+        cols = [torch.full_like(tt, i), torch.ones_like(tt), tt, rr, cc]
+        out.append(torch.stack(cols, -1).reshape(-1, 5))
+    return torch.cat(out) if out else torch.zeros((0, 5), dtype=torch.long)
 
 
 class Qwen2VLFamily:
     """Qwen2-VL: full attention per frame in the vision tower, axial 2-D rotary positions."""
 
     name = "Qwen2-VL"
-    model_classes = (Qwen2VLForConditionalGeneration, Qwen2VLModel)
-    base_class = Qwen2VLModel
+    model_classes: tuple[type, ...] = (Qwen2VLForConditionalGeneration, Qwen2VLModel)
+    base_class: type = Qwen2VLModel
 
     def base(self, model: torch.nn.Module) -> torch.nn.Module:
         """The ``*Model`` holding ``visual``, ``language_model`` and ``rope_deltas``."""
@@ -66,17 +92,27 @@ class Qwen2VLFamily:
     def merge_size(base: torch.nn.Module) -> int:
         return int(base.config.vision_config.spatial_merge_size)
 
-    def item(self, base: torch.nn.Module, grid: tuple[int, int, int], regions: torch.Tensor) -> VisualItem:
-        """LLM positions of an item's kept regions (level, t, row, col) (see the module docstring)."""
-        m = self.merge_size(base)
-        level, t, r, c = regions.unbind(1)
-        off = ((1 << (level - 1)) - 1) // 2
-        positions = torch.stack([t, r + off, c + off])
-        return VisualItem(regions, positions, max(grid[1], grid[2]) // m)
+    # ------------------------------------------------------------------ LLM positions
 
-    def vision_position_ids(self, base: torch.nn.Module, regions: torch.Tensor) -> torch.Tensor:
-        """(n * m*m, 2) [h, w] rotary positions of the kept units' patches, rows in pixel order."""
+    def time_positions(self, base: torch.nn.Module, modality: str, index: int, grid_t: int, inputs: dict) -> torch.Tensor:
+        """(grid_t,) temporal LLM position of each temporal patch of an item (stock: its index)."""
+        return torch.arange(grid_t)
+
+    def items(self, base: torch.nn.Module, modality: str, grid_thw: torch.Tensor, regions: torch.Tensor, inputs: dict) -> list[VisualItem]:
+        """The LLM items of one modality, in prompt order (one per image / video)."""
         m = self.merge_size(base)
+        out = []
+        for i, (t, h, w) in enumerate(grid_thw.tolist()):
+            level, tt, r, c = regions[regions[:, 0] == i, 1:].unbind(1)
+            off = ((1 << (level - 1)) - 1) // 2
+            time = self.time_positions(base, modality, i, t, inputs)[tt]
+            out.append(VisualItem(torch.stack([time, r + off, c + off]), max(h, w) // m))
+        return out
+
+    # ------------------------------------------------------------------ vision tower
+
+    def vision_position_ids(self, m: int, regions: torch.Tensor) -> torch.Tensor:
+        """(n * m*m, 2) [h, w] rotary positions of the kept units' patches, rows in pixel order."""
         level, r, c = regions[:, 1], regions[:, 3], regions[:, 4]
         off = (m * ((1 << (level - 1)) - 1)) // 2
         mh = torch.arange(m).repeat_interleave(m)
@@ -85,43 +121,125 @@ class Qwen2VLFamily:
         w = (m * c + off)[:, None] + mw[None]
         return torch.stack([h.reshape(-1), w.reshape(-1)], 1)
 
-    def encode_images(
-        self, base: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, regions: torch.Tensor
-    ) -> BaseModelOutputWithPooling:
+    @staticmethod
+    def segments(regions: torch.Tensor, keys: torch.Tensor, m: int) -> torch.Tensor:
+        """int32 cu_seqlens over patches for runs of equal ``keys`` (consecutive); empty runs vanish."""
+        if keys.numel() == 0:
+            return torch.zeros(1, dtype=torch.int32)
+        _, counts = torch.unique_consecutive(keys, return_counts=True)
+        return F.pad((counts * m * m).cumsum(0, dtype=torch.int32), (1, 0))
+
+    def tower_kwargs(self, base: torch.nn.Module, grid_thw: torch.Tensor, regions: torch.Tensor) -> dict[str, Any]:
+        """Precomputed tower inputs for the kept units: rotary ``position_ids`` and per-frame ``cu_seqlens``."""
+        m = self.merge_size(base)
+        frame = regions[:, 0] * (int(grid_thw[:, 0].max()) if len(grid_thw) else 1) + regions[:, 2]
+        return {"position_ids": self.vision_position_ids(m, regions), "cu_seqlens": self.segments(regions, frame, m)}
+
+    def encode(self, base: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, regions: torch.Tensor) -> Any:
         """Run the vision tower on kept units only.
 
         Args:
             pixel_values: (n * m*m, D) pruned rows, in ``regions`` order.
-            grid_thw: (num_images, 3) full grids.
-            regions: int64 (n, 5) validated (image, level, t, row, col).
+            grid_thw: (num_items, 3) full grids.
+            regions: int64 (n, 5) validated (item, level, t, row, col).
         Returns:
-            ``pooler_output``: tuple of (n_i, hidden) features per image.
+            the tower output with ``pooler_output`` split into a tuple of (n_i, hidden) per item.
         """
-        m = self.merge_size(base)
         visual = base.visual
-        device = visual.get_device()
-        num_images = grid_thw.shape[0]
-        position_ids = self.vision_position_ids(base, regions).to(device)
-        # One attention segment per (image, frame), as in the stock tower; empty ones vanish.
-        segment = regions[:, 0] * int(grid_thw[:, 0].max()) + regions[:, 2]
-        _, seglens = torch.unique_consecutive(segment, return_counts=True)
-        cu_seqlens = torch.nn.functional.pad((seglens * m * m).cumsum(0, dtype=torch.int32), (1, 0)).to(device)
-        out = visual(
-            pixel_values.to(device, visual.dtype),
-            grid_thw=grid_thw.to(device),
-            position_ids=position_ids,
-            cu_seqlens=cu_seqlens,
-        )
-        counts = torch.bincount(regions[:, 0], minlength=num_images).tolist()
+        device = visual.device
+        extra = {k: v.to(device) for k, v in self.tower_kwargs(base, grid_thw, regions).items()}
+        out = visual(pixel_values.to(device, visual.dtype), grid_thw=grid_thw.to(device), **extra)
+        counts = torch.bincount(regions[:, 0], minlength=grid_thw.shape[0]).tolist()
         out.pooler_output = torch.split(out.pooler_output, counts)
         return out
 
 
-FAMILIES = (Qwen2VLFamily(),)
+class Qwen2_5VLFamily(Qwen2VLFamily):
+    """Qwen2.5-VL: window attention in most tower blocks; video time scaled by seconds per patch."""
+
+    name = "Qwen2.5-VL"
+    model_classes = (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel)
+    base_class = Qwen2_5_VLModel
+
+    def time_positions(self, base, modality, index, grid_t, inputs):
+        if modality == "image":
+            return torch.arange(grid_t)
+        seconds = inputs.get("second_per_grid_ts")
+        interval = base.config.vision_config.tokens_per_second * (seconds[index] if seconds is not None else 1)
+        return (torch.arange(grid_t) * interval).long()
+
+    def tower_kwargs(self, base, grid_thw, regions):
+        kwargs = super().tower_kwargs(base, grid_thw, regions)
+        m = self.merge_size(base)
+        cfg = base.config.vision_config
+        units = cfg.window_size // m // cfg.patch_size  # window side in units
+        off = ((1 << (regions[:, 1] - 1)) - 1) // 2
+        wr, wc = (regions[:, 3] + off) // units, (regions[:, 4] + off) // units
+        span = [int(x.max()) + 1 if len(x) else 1 for x in (regions[:, 2], wr, wc, regions[:, 3], regions[:, 4])]
+        window = ((regions[:, 0] * span[0] + regions[:, 2]) * span[1] + wr) * span[2] + wc
+        order = (window * span[3] + regions[:, 3]) * span[4] + regions[:, 4]
+        window_index = torch.argsort(order, stable=True)
+        kwargs["window_index"] = window_index
+        kwargs["cu_window_seqlens"] = self.segments(regions, window[window_index], m)
+        return kwargs
+
+
+class Qwen3VLFamily(Qwen2VLFamily):
+    """Qwen3-VL: learned position embedding + rotary, deepstack features, per-timestamp video groups."""
+
+    name = "Qwen3-VL"
+    model_classes = (Qwen3VLForConditionalGeneration, Qwen3VLModel)
+    base_class = Qwen3VLModel
+
+    def items(self, base, modality, grid_thw, regions, inputs):
+        if modality == "image":
+            return super().items(base, modality, grid_thw, regions, inputs)
+        # One item per temporal group, each placed like a 1-frame video (stock get_rope_index).
+        groups, group_regions = [], []
+        for i, (t, h, w) in enumerate(grid_thw.tolist()):
+            for ti in range(t):
+                sel = (regions[:, 0] == i) & (regions[:, 2] == ti)
+                r = regions[sel].clone()
+                r[:, 0], r[:, 2] = len(groups), 0
+                groups.append((1, h, w))
+                group_regions.append(r)
+        flat = torch.cat(group_regions) if group_regions else regions
+        return super().items(base, modality, torch.tensor(groups, dtype=torch.long).reshape(-1, 3), flat, inputs)
+
+    def tower_kwargs(self, base, grid_thw, regions):
+        kwargs = super().tower_kwargs(base, grid_thw, regions)
+        m = self.merge_size(base)
+        visual = base.visual
+        indices, weights = get_vision_interpolation_indices_and_weights(
+            grid_thw,
+            num_grid_per_side=visual.num_grid_per_side,
+            mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners,
+            spatial_merge_size=m,
+        )
+        # Full-grid rows are block-major per frame: row of patch (h, w) in frame t of item i.
+        t, h, w = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]
+        start = torch.cumsum(t * h * w, 0) - t * h * w
+        item = regions[:, 0].repeat_interleave(m * m)
+        frame = regions[:, 2].repeat_interleave(m * m)
+        ph, pw = kwargs["position_ids"].unbind(1)
+        unit = (ph // m) * (w[item] // m) + pw // m
+        row = start[item] + frame * h[item] * w[item] + (unit * m + ph % m) * m + pw % m
+        kwargs["interp_indices"], kwargs["interp_weights"] = indices[row], weights[row]
+        return kwargs
+
+    def encode(self, base, pixel_values, grid_thw, regions):
+        out = super().encode(base, pixel_values, grid_thw, regions)
+        counts = [len(x) for x in out.pooler_output]
+        out.deepstack_features = [torch.split(f, counts) for f in out.deepstack_features]
+        return out
+
+
+FAMILIES = (Qwen2VLFamily(), Qwen2_5VLFamily(), Qwen3VLFamily())
 
 
 def family_of(model: object) -> Qwen2VLFamily:
-    """The strategy for ``model``; TypeError for anything outside the supported Qwen-VL family."""
+    """The strategy for ``model``; TypeError for anything outside the supported Qwen-VL families."""
     for family in FAMILIES:
         if isinstance(model, family.model_classes):
             return family

@@ -3,7 +3,7 @@
 ``forward`` and ``generate`` of Qwen-VL models accept precomputed ``mm_encoder_outputs`` and
 explicit ``position_ids`` (layout (4, B, L): text, t, h, w). :func:`prepare_inputs` turns a wrapped
 processor's output into exactly that; :func:`patch_model` makes ``model(**inputs)`` and
-``model.generate(**inputs)`` call it whenever ``image_kept_regions`` is present.
+``model.generate(**inputs)`` call it whenever kept regions are present.
 """
 
 from __future__ import annotations
@@ -15,41 +15,47 @@ from typing import Any
 
 import torch
 
-from .families import VisualItem, family_of
-from .processing import REGIONS_KEY
+from .families import VisualItem, family_of, full_grid_regions
+from .processing import REGIONS_KEY, VIDEO_REGIONS_KEY
 
 _PATCH_ATTR = "_entropy_prune_originals"
+MODALITIES = {  # modality: (regions key, pixel key, grid key, code in mm_token_type_ids)
+    "image": (REGIONS_KEY, "pixel_values", "image_grid_thw", 1),
+    "video": (VIDEO_REGIONS_KEY, "pixel_values_videos", "video_grid_thw", 2),
+}
 
 
-def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int) -> torch.Tensor:
-    """Validate a kept-regions tensor against ``pixel_values`` and ``image_grid_thw``.
+def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int, modality: str = "image") -> torch.Tensor:
+    """Validate a kept-regions tensor against its pixel rows and grids (``pixel_values`` /
+    ``image_grid_thw`` for images, ``pixel_values_videos`` / ``video_grid_thw`` for videos).
 
     Returns it as int64 CPU (n, 5). Raises ValueError/TypeError naming what does not match.
     """
+    key, pixel_key, grid_key, _ = MODALITIES[modality]
     regions = torch.as_tensor(regions)
     if regions.dtype.is_floating_point or regions.dtype == torch.bool or regions.dtype.is_complex:
-        raise TypeError(f"{REGIONS_KEY} must be an integer tensor, got dtype {regions.dtype}")
+        raise TypeError(f"{key} must be an integer tensor, got dtype {regions.dtype}")
     regions = regions.to("cpu", torch.long)
     if regions.ndim != 2 or regions.shape[1] != 5:
-        raise ValueError(f"{REGIONS_KEY} must have shape (num_kept, 5) (image, level, t, row, col), got {tuple(regions.shape)}")
+        raise ValueError(f"{key} must have shape (num_kept, 5) ({modality}, level, t, row, col), got {tuple(regions.shape)}")
     if pixel_values is None or grid_thw is None:
-        raise ValueError(f"{REGIONS_KEY} needs the matching pixel_values and image_grid_thw")
+        raise ValueError(f"{key} needs the matching {pixel_key} and {grid_key}")
     grid = torch.as_tensor(grid_thw).to("cpu", torch.long)
     m2 = merge_size * merge_size
-    if pixel_values.shape[0] != regions.shape[0] * m2:
-        raise ValueError(
-            f"pixel_values has {pixel_values.shape[0]} rows but {REGIONS_KEY} lists {regions.shape[0]} kept units "
-            f"({m2} rows each = {regions.shape[0] * m2}); pass the processor output unmodified"
-        )
     n = regions.shape[0]
+    if pixel_values.shape[0] != n * m2:
+        raise ValueError(
+            f"{pixel_key} has {pixel_values.shape[0]} rows but {key} lists {n} kept units "
+            f"({m2} rows each = {n * m2}); pass the processor output unmodified"
+        )
     if n == 0:
         return regions
-    image, level, t, row, col = regions.unbind(1)
-    if int(image.min()) < 0 or int(image.max()) >= grid.shape[0]:
-        raise ValueError(f"{REGIONS_KEY} image indices must be in [0, {grid.shape[0]}) (rows of image_grid_thw)")
+    item, level, t, row, col = regions.unbind(1)
+    if int(item.min()) < 0 or int(item.max()) >= grid.shape[0]:
+        raise ValueError(f"{key} {modality} indices must be in [0, {grid.shape[0]}) (rows of {grid_key})")
     if int(level.min()) < 1 or int(level.max()) > 30:
-        raise ValueError(f"{REGIONS_KEY} levels must be in [1, 30], got {int(level.min())}..{int(level.max())}")
-    g = grid[image]
+        raise ValueError(f"{key} levels must be in [1, 30], got {int(level.min())}..{int(level.max())}")
+    g = grid[item]
     b = 1 << (level - 1)
     hu, wu = g[:, 1] // merge_size, g[:, 2] // merge_size
     bad = (t < 0) | (t >= g[:, 0]) | (row < 0) | (col < 0) | (row % b != 0) | (col % b != 0)
@@ -57,26 +63,26 @@ def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: in
     if bad.any():
         i = int(bad.nonzero()[0, 0])
         raise ValueError(
-            f"{REGIONS_KEY} row {i} {regions[i].tolist()} is not an aligned block inside image "
-            f"{int(image[i])}'s grid of {int(hu[i])}x{int(wu[i])} units"
+            f"{key} row {i} {regions[i].tolist()} is not an aligned block inside {modality} "
+            f"{int(item[i])}'s grid of {int(g[i, 0])} x {int(hu[i])} x {int(wu[i])} (t x units)"
         )
     span_t, span_r, span_c = (int(v.max()) + 1 for v in (g[:, 0], hu, wu))
-    key = ((image * span_t + t) * span_r + row) * span_c + col
-    if n > 1 and not bool((key[1:] > key[:-1]).all()):
-        raise ValueError(f"{REGIONS_KEY} must be sorted by (image, t, row, col) without repeats")
+    order = ((item * span_t + t) * span_r + row) * span_c + col
+    if n > 1 and not bool((order[1:] > order[:-1]).all()):
+        raise ValueError(f"{key} must be sorted by ({modality}, t, row, col) without repeats")
+    units = grid.prod(1) // m2
+    starts = torch.cumsum(units, 0) - units
     cells = []
-    starts = torch.cumsum(grid.prod(1) // (merge_size * merge_size), 0) - grid.prod(1) // (merge_size * merge_size)
     for lv in level.unique().tolist():
         sel = level == lv
-        bb = 1 << (lv - 1)
-        d = torch.arange(bb)
-        base = starts[image[sel]] + t[sel] * hu[sel] * wu[sel]
+        d = torch.arange(1 << (lv - 1))
+        first = starts[item[sel]] + t[sel] * hu[sel] * wu[sel]
         rr = row[sel][:, None, None] + d[None, :, None]
         cc = col[sel][:, None, None] + d[None, None, :]
-        cells.append((base[:, None, None] + rr * wu[sel][:, None, None] + cc).reshape(-1))
+        cells.append((first[:, None, None] + rr * wu[sel][:, None, None] + cc).reshape(-1))
     cells = torch.cat(cells)
     if cells.unique().numel() != cells.numel():
-        raise ValueError(f"{REGIONS_KEY} has overlapping regions")
+        raise ValueError(f"{key} has overlapping regions")
     return regions
 
 
@@ -146,57 +152,53 @@ def _count_message(code: int, what: str) -> str:
 def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a wrapped processor's output into stock ``forward`` / ``generate`` kwargs.
 
-    Without ``image_kept_regions`` the inputs are returned unchanged (as a dict). Otherwise the
-    kept units run through the vision tower (one feature per kept region), and the result holds
-    ``mm_encoder_outputs`` instead of ``pixel_values`` / ``pixel_values_videos`` plus
+    Without ``image_kept_regions`` / ``video_kept_regions`` the inputs are returned unchanged (as
+    a dict). Otherwise kept units run through the vision tower (one feature per kept region; a
+    modality without kept regions runs the stock encoder), and the result holds
+    ``mm_encoder_outputs`` instead of ``pixel_values`` / ``pixel_values_videos``, plus
     ``position_ids`` (4, B, L). Use the result for one call: ``generate`` with beams expands
     ``mm_encoder_outputs`` in place. Sets ``rope_deltas`` on the model like the stock forward.
 
     Raises:
         TypeError: ``model`` is not a supported Qwen-VL model.
-        ValueError: the kept regions do not match ``pixel_values`` / ``image_grid_thw`` /
-            the placeholders in ``input_ids``, or ``position_ids`` / ``mm_encoder_outputs`` are
+        ValueError: the kept regions do not match the pixel rows / grids / the placeholders in
+            ``input_ids``, or ``position_ids`` / ``mm_encoder_outputs`` / ``inputs_embeds`` are
             passed as well.
     """
     family = family_of(model)
     inputs = dict(inputs)
-    regions = inputs.pop(REGIONS_KEY, None)
-    if regions is None:
+    regions = {name: inputs.pop(keys[0], None) for name, keys in MODALITIES.items()}
+    if all(r is None for r in regions.values()):
         return inputs
     for key in ("position_ids", "mm_encoder_outputs", "inputs_embeds"):
         if inputs.get(key) is not None:
-            raise ValueError(f"{key} cannot be combined with {REGIONS_KEY}: the adapter computes them from the kept regions")
+            raise ValueError(f"{key} cannot be combined with kept regions: the adapter computes them from the kept regions")
     input_ids = inputs.get("input_ids")
     if input_ids is None:
-        raise ValueError(f"{REGIONS_KEY} needs input_ids (the placeholders locate each image)")
+        raise ValueError("kept regions need input_ids (the placeholders locate each image and video)")
     base = family.base(model)
     m = family.merge_size(base)
-    pixel_values = inputs.pop("pixel_values", None)
-    grid = inputs.get("image_grid_thw")
-    regions = check_regions(regions, pixel_values, grid, m)
-    grid = torch.as_tensor(grid).to("cpu", torch.long)
-    mm = {"image": family.encode_images(base, torch.as_tensor(pixel_values), grid, regions)}
-    items = {1: [], 2: []}
-    for i, g in enumerate(grid.tolist()):
-        items[1].append(family.item(base, tuple(g), regions[regions[:, 0] == i, 1:]))
-    videos = inputs.pop("pixel_values_videos", None)
-    if videos is not None:
-        video_grid = torch.as_tensor(inputs["video_grid_thw"]).to("cpu", torch.long)
-        mm["video"] = base.get_video_features(videos, video_grid.to(videos.device), return_dict=True)
-        for g in video_grid.tolist():
-            items[2].append(family.item(base, tuple(g), _full_grid(g, m)))
-    token_ids = {1: base.config.image_token_id, 2: base.config.video_token_id}
+    mm, items, token_ids = {}, {}, {}
+    for name, (_, pixel_key, grid_key, code) in MODALITIES.items():
+        token_ids[code] = getattr(base.config, f"{name}_token_id")
+        items[code] = []
+        pixels, grid = inputs.pop(pixel_key, None), inputs.get(grid_key)
+        if regions[name] is not None:
+            kept = check_regions(regions[name], pixels, grid, m, name)
+            grid = torch.as_tensor(grid).to("cpu", torch.long)
+            mm[name] = family.encode(base, torch.as_tensor(pixels), grid, kept)
+        elif pixels is not None:
+            grid = torch.as_tensor(grid).to("cpu", torch.long)
+            kept = full_grid_regions(grid, m)
+            mm[name] = getattr(base, f"get_{name}_features")(pixels, grid.to(pixels.device), return_dict=True)
+        else:
+            continue
+        items[code] = family.items(base, name, grid, kept, inputs)
     position_ids, deltas = mrope_positions(input_ids, inputs.get("attention_mask"), token_ids, items)
     base.rope_deltas = deltas
     inputs["mm_encoder_outputs"] = mm
     inputs["position_ids"] = position_ids
     return inputs
-
-
-def _full_grid(grid: list[int], m: int) -> torch.Tensor:
-    """Level-1 regions (level, t, row, col) of every unit of a (t, h, w) grid, in stock order."""
-    t, r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1] // m), torch.arange(grid[2] // m), indexing="ij")
-    return torch.stack([torch.ones_like(t), t, r, c], -1).reshape(-1, 4)
 
 
 def _with_input_ids(method: Any, first: str, args: tuple, kwargs: dict) -> dict:
@@ -209,11 +211,15 @@ def _with_input_ids(method: Any, first: str, args: tuple, kwargs: dict) -> dict:
     return bound
 
 
+def _has_regions(kwargs: dict) -> bool:
+    return any(kwargs.get(keys[0]) is not None for keys in MODALITIES.values())
+
+
 def patch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Make ``model(**inputs)`` and ``model.generate(**inputs)`` accept a wrapped processor's output.
 
-    Idempotent; undo with :func:`unpatch_model`. Inputs without ``image_kept_regions`` go to the
-    stock methods untouched. Returns ``model``. TypeError for a non-Qwen-VL model.
+    Idempotent; undo with :func:`unpatch_model`. Inputs without ``image_kept_regions`` /
+    ``video_kept_regions`` go to the stock methods untouched. Returns ``model``. TypeError for a non-Qwen-VL model.
     """
     family_of(model)
     if _PATCH_ATTR in model.__dict__:
@@ -223,7 +229,7 @@ def patch_model(model: torch.nn.Module) -> torch.nn.Module:
 
     @functools.wraps(stock_forward)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        if REGIONS_KEY not in kwargs:
+        if not _has_regions(kwargs):
             return stock_forward(*args, **kwargs)
         return stock_forward(**prepare_inputs(model, _with_input_ids(stock_forward, "input_ids", args, kwargs)))
 
@@ -233,7 +239,7 @@ def patch_model(model: torch.nn.Module) -> torch.nn.Module:
 
         @functools.wraps(stock_generate)
         def generate(*args: Any, **kwargs: Any) -> Any:
-            if REGIONS_KEY not in kwargs:
+            if not _has_regions(kwargs):
                 return stock_generate(*args, **kwargs)
             return stock_generate(**prepare_inputs(model, _with_input_ids(stock_generate, "inputs", args, kwargs)))
 

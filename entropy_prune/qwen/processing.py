@@ -9,11 +9,18 @@ untouched; a coarse region's pixels (normalised values, both temporal frames, al
 box-averaged by ``b`` down to one unit and cut into its ``merge_size^2`` patch rows in the
 processor's layout. Normalisation is affine per channel, so averaging normalised values equals
 normalising averaged pixels.
+
+Videos: one selection per temporal patch (a row holds ``temporal_patch_size`` consecutive frames);
+a region's score is the larger of its scores on the frames of the pair. With
+``temporal_threshold`` set, scores are also scaled by ``min(1, change / temporal_threshold)``,
+``change`` = the region's mean absolute luma change (in [0, 1] units) from the previous temporal
+patch, so regions that barely changed score low and cost fewer tokens.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, TypedDict
 
 import numpy as np
@@ -23,12 +30,16 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from .._image import gray
+from ..scores import score_maps
 from ..selection import select_patches
-from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES
+from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
 
 REGIONS_KEY = "image_kept_regions"
 """Processor output key: int64 (num_kept, 5) rows (image, level, t, row, col), row/col of the
 region's top-left unit in merge-unit coordinates, sorted by (image, t, row, col)."""
+VIDEO_REGIONS_KEY = "video_kept_regions"
+"""Same for videos: rows (video, level, t, row, col), t = temporal patch index."""
 
 SETTINGS = {
     "patch_selection_method": "budget",
@@ -37,6 +48,7 @@ SETTINGS = {
     "num_scales": 3,
     "mode": "multiscale",
     "score": "entropy",
+    "temporal_threshold": None,
 }
 """Selection settings a wrapped processor accepts (per call, as attributes, or at construction),
 with their defaults. Values are validated by :func:`entropy_prune.select_patches`."""
@@ -74,6 +86,12 @@ def check_settings(settings: dict) -> None:
         raise TypeError(f"unknown selection setting(s) {sorted(unknown)}; valid: {sorted(SETTINGS)}")
     probe = np.zeros((16, 16, 3), dtype=np.uint8)
     select_patches(probe, **core_kwargs(settings, unit_px=4))
+    tau = settings["temporal_threshold"]
+    if tau is not None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
+            raise TypeError(f"temporal_threshold must be a real number or None, got {tau!r}")
+        if not (np.isfinite(tau) and tau > 0):
+            raise ValueError(f"temporal_threshold must be a finite number > 0 (luma change in [0, 1] units), got {tau}")
 
 
 def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
@@ -108,10 +126,44 @@ def _patchify(frames: torch.Tensor, m: int, p: int) -> torch.Tensor:
     return x.reshape(h // (m * p), w // (m * p), m * m, c * tp * p * p)
 
 
+def _luma01(image: np.ndarray) -> np.ndarray:
+    """(H, W) BT.601 luma in [0, 1] of a scoring image (uint8 or [0, 1] float)."""
+    y = gray(image)
+    return y / 255.0 if image.dtype == np.uint8 else y
+
+
+def select_group(frames: torch.Tensor, previous: torch.Tensor | None, settings: dict, norm: dict, unit_px: int):
+    """Core selection for one temporal patch.
+
+    Args:
+        frames: (T, C, H, W) normalised frames of this temporal patch.
+        previous: the previous temporal patch's frames, or None.
+    Returns:
+        the :class:`entropy_prune.Selection` on the unit grid.
+    """
+    images = [scoring_image(frames[0], norm)]
+    images += [scoring_image(f, norm) for f in frames[1:] if not torch.equal(f, frames[0])]
+    kw = dict(patch_size=unit_px, num_scales=settings["num_scales"])
+    levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], settings["score"], **kw).levels]
+    for image in images[1:]:
+        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, settings["score"], **kw).levels)]
+    tau = settings["temporal_threshold"]
+    if tau is not None and previous is not None:
+        now = np.mean([_luma01(x) for x in images], axis=0)
+        before = np.mean([_luma01(scoring_image(f, norm)) for f in previous], axis=0)
+        diff = torch.from_numpy(np.abs(now - before).astype(np.float64))[None, None]
+        for k in range(len(levels)):
+            change = F.avg_pool2d(diff, unit_px << k)[0, 0].numpy()[: levels[k].shape[0], : levels[k].shape[1]]
+            levels[k] = levels[k] * np.minimum(1.0, change / tau)
+    core = core_kwargs(settings, unit_px)
+    del core["patch_size"], core["num_scales"], core["score"]
+    return select_patches(levels, **core)
+
+
 def prune_item(
     rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Prune one image's patch rows.
+    """Prune one image's or video's patch rows.
 
     Args:
         rows: (t*h*w, C*T*p*p) rows of one item, order [t][unit_row][unit_col][mh][mw].
@@ -128,7 +180,7 @@ def prune_item(
     frames = frames.reshape(t, tp, c, hu * m * p, wu * m * p)
     kept_rows, kept_regions = [], []
     for ti in range(t):
-        sel = select_patches(scoring_image(frames[ti, 0], norm), **core_kwargs(settings, m * p))
+        sel = select_group(frames[ti], frames[ti - 1] if ti else None, settings, norm, m * p)
         regions = np.asarray(sel.regions, dtype=np.int64)
         out = rows.new_empty((len(regions), m * m, d))
         for level in np.unique(regions[:, 0]):
@@ -147,42 +199,48 @@ def prune_item(
     return torch.cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
-def prune_batch(
-    output: BatchFeature, settings: dict, norm: dict, p: int, m: int, tp: int, return_tensors: Any
-) -> BatchFeature:
-    """Stock image-processor output -> pruned ``pixel_values``, full grid, kept-regions tensor."""
-    pixel_values, grids = output["pixel_values"], output["image_grid_thw"]
+def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict) -> BatchFeature:
+    """Stock (image or video) processor output -> pruned pixel rows, full grid, kept-regions tensor.
+
+    ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments.
+    """
+    pixel_key, grid_key, regions_key = keys
+    pixel_values, grids = output[pixel_key], output[grid_key]
+    norm = {k: kwargs[k] for k in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")}
+    geometry = (kwargs["patch_size"], kwargs["merge_size"], kwargs["temporal_patch_size"])
     as_numpy = isinstance(pixel_values, np.ndarray)
     pv = torch.as_tensor(pixel_values)
     grid_list = [tuple(int(v) for v in g) for g in torch.as_tensor(grids).tolist()]
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):
         n = grid[0] * grid[1] * grid[2]
-        rows, regions = prune_item(pv[start : start + n], grid, settings, norm, p, m, tp)
+        rows, regions = prune_item(pv[start : start + n], grid, settings, norm, *geometry)
         start += n
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
     pruned = torch.cat(rows_out) if rows_out else pv[:0]
     regions = np.concatenate(regions_out) if regions_out else np.zeros((0, 5), np.int64)
     data = dict(output.data)
-    data["pixel_values"] = pruned.numpy() if as_numpy else pruned
-    data[REGIONS_KEY] = regions if as_numpy else torch.from_numpy(regions)
-    return BatchFeature(data=data, tensor_type=return_tensors)
+    data[pixel_key] = pruned.numpy() if as_numpy else pruned
+    data[regions_key] = regions if as_numpy else torch.from_numpy(regions)
+    return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
 
 
-class PruningImageProcessorMixin:
-    """Mixed in front of a stock Qwen-VL image processor class (either backend).
+class PruningMixin:
+    """Mixed in front of a stock Qwen-VL image or video processor class.
 
     Adds the selection settings as attributes (class defaults = :data:`SETTINGS`), constructor
     arguments and per-call kwargs, and prunes the stock output in ``_preprocess``.
     """
 
+    keys: tuple[str, str, str]  # (pixel key, grid key, regions key)
     patch_selection_method = SETTINGS["patch_selection_method"]
     alpha = SETTINGS["alpha"]
     thresholds = SETTINGS["thresholds"]
     num_scales = SETTINGS["num_scales"]
     mode = SETTINGS["mode"]
     score = SETTINGS["score"]
+    temporal_threshold = SETTINGS["temporal_threshold"]
 
     def __init__(self, **kwargs: Any) -> None:
         ours = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
@@ -196,61 +254,99 @@ class PruningImageProcessorMixin:
         """The current selection settings (attribute values)."""
         return {k: getattr(self, k) for k in SETTINGS}
 
-    def _preprocess(self, images, **kwargs):
+    def _preprocess(self, *args, **kwargs):
         settings = {k: kwargs.pop(k, getattr(self, k)) for k in SETTINGS}
-        output = super()._preprocess(images, **kwargs)
+        output = super()._preprocess(*args, **kwargs)
         if is_none_method(settings["patch_selection_method"]):
             return output
-        norm = {k: kwargs[k] for k in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")}
-        geometry = (kwargs["patch_size"], kwargs["merge_size"], kwargs["temporal_patch_size"])
-        return prune_batch(output, settings, norm, *geometry, kwargs.get("return_tensors"))
+        check_settings(settings)
+        return prune_batch(output, self.keys, settings, kwargs)
+
+
+class PruningImageProcessorMixin(PruningMixin):
+    keys = ("pixel_values", "image_grid_thw", REGIONS_KEY)
+
+
+class PruningVideoProcessorMixin(PruningMixin):
+    keys = ("pixel_values_videos", "video_grid_thw", VIDEO_REGIONS_KEY)
+
+
+def _with_counts(stock: str, token: str, counts: list[int]) -> str:
+    """Rewrite the stock placeholder text: its runs of ``token`` get ``counts`` tokens (one count
+    for a single run, or one per run, e.g. Qwen3-VL's timestamped groups per temporal patch)."""
+    parts = re.split(f"((?:{re.escape(token)})+)", stock)
+    runs = parts[1::2]
+    if len(runs) != len(counts):
+        counts = [sum(counts)] if len(runs) == 1 else counts
+    if len(runs) != len(counts):
+        raise ValueError(f"cannot place {len(counts)} token counts into {len(runs)} placeholder runs")
+    parts[1::2] = [token * n for n in counts]
+    return "".join(parts)
 
 
 class PruningProcessorMixin:
-    """Mixed in front of a stock Qwen-VL processor class: its image processor prunes, and each
-    image gets exactly as many placeholder tokens as it has kept regions."""
+    """Mixed in front of a stock Qwen-VL processor class: its image and video processors prune,
+    and each item gets exactly as many placeholder tokens as it has kept regions."""
 
     def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
-        if image_processor is not None and not isinstance(image_processor, PruningImageProcessorMixin):
-            image_processor = as_pruning_image_processor(image_processor, {})
+        if image_processor is not None and not isinstance(image_processor, PruningMixin):
+            image_processor = as_pruning(image_processor, {})
+        if isinstance(video_processor, VIDEO_PROCESSOR_CLASSES) and not isinstance(video_processor, PruningMixin):
+            video_processor = as_pruning(video_processor, {})
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
-        """Stock size-only token counts, refused for images while pruning (counts depend on content)."""
-        if image_sizes is not None:
-            images_kwargs = self._merge_kwargs(**kwargs)["images_kwargs"]
-            method = images_kwargs.get("patch_selection_method", self.image_processor.patch_selection_method)
-            if not is_none_method(method):
+        """Stock size-only token counts, refused for pruned modalities (counts depend on content)."""
+        merged = self._merge_kwargs(**kwargs)
+        for sizes, name, sub in ((image_sizes, "images", "image_processor"), (video_sizes, "videos", "video_processor")):
+            default = getattr(getattr(self, sub, None), "patch_selection_method", None)
+            if sizes is not None and not is_none_method(merged[f"{name}_kwargs"].get("patch_selection_method", default)):
                 raise ValueError(
-                    "with patch selection the number of image tokens depends on the image content; "
-                    "run the processor on the images to get it"
+                    f"with patch selection the number of {name[:-1]} tokens depends on the content; "
+                    f"run the processor on the {name} to get it"
                 )
         return super()._get_num_multimodal_tokens(image_sizes=image_sizes, video_sizes=video_sizes, **kwargs)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        stock = super().replace_image_token(image_inputs, image_idx, **kwargs)
         regions = image_inputs.get(REGIONS_KEY)
         if regions is None:
-            return super().replace_image_token(image_inputs, image_idx, **kwargs)
-        return self.image_token * int((regions[:, 0] == image_idx).sum())
+            return stock
+        return _with_counts(stock, self.image_token, [int((regions[:, 0] == image_idx).sum())])
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        stock = super().replace_video_token(video_inputs, video_idx, **kwargs)
+        regions = video_inputs.get(VIDEO_REGIONS_KEY)
+        if regions is None:
+            return stock
+        t = int(video_inputs["video_grid_thw"][video_idx][0])
+        mine = regions[regions[:, 0] == video_idx]
+        return _with_counts(stock, self.video_token, [int((mine[:, 2] == ti).sum()) for ti in range(t)])
 
 
 _CLASSES: dict[str, type] = {}
 
 
-def _pruning_class(base: type, mixin: type) -> type:
+def _pruning_class(base: type) -> type:
     """Subclass ``mixin + base`` named like ``base`` (so saved configs name the stock class and
     load anywhere); reachable for pickle as ``entropy_prune.qwen.processing.Pruning<base>``."""
-    if issubclass(base, mixin):
+    if issubclass(base, (PruningMixin, PruningProcessorMixin)):
         return base
+    if issubclass(base, IMAGE_PROCESSOR_CLASSES):
+        mixin = PruningImageProcessorMixin
+    elif issubclass(base, VIDEO_PROCESSOR_CLASSES):
+        mixin = PruningVideoProcessorMixin
+    else:
+        mixin = PruningProcessorMixin
     qualname = f"Pruning{base.__name__}"
     if qualname not in _CLASSES:
         namespace = {"__module__": __name__, "__qualname__": qualname}
-        if mixin is PruningImageProcessorMixin:
+        if mixin is not PruningProcessorMixin:
             fields = {k: Any for k in SETTINGS}
             namespace["valid_kwargs"] = TypedDict(
                 f"{qualname}Kwargs", {**base.valid_kwargs.__annotations__, **fields}, total=False
             )
-            namespace["model_input_names"] = [*base.model_input_names, REGIONS_KEY]
+            namespace["model_input_names"] = [*base.model_input_names, mixin.keys[2]]
         _CLASSES[qualname] = type(base.__name__, (mixin, base), namespace)
     return _CLASSES[qualname]
 
@@ -260,25 +356,22 @@ def __getattr__(name: str) -> type:
     import transformers
 
     stock = getattr(transformers, name.removeprefix("Pruning"), None) if name.startswith("Pruning") else None
-    if isinstance(stock, type) and issubclass(stock, IMAGE_PROCESSOR_CLASSES):
-        return _pruning_class(stock, PruningImageProcessorMixin)
-    if isinstance(stock, type) and issubclass(stock, PROCESSOR_CLASSES):
-        return _pruning_class(stock, PruningProcessorMixin)
+    supported = IMAGE_PROCESSOR_CLASSES + VIDEO_PROCESSOR_CLASSES + PROCESSOR_CLASSES
+    if isinstance(stock, type) and issubclass(stock, supported):
+        return _pruning_class(stock)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def as_pruning_image_processor(image_processor: Any, given: dict) -> Any:
-    """Copy of ``image_processor`` as its pruning subclass. Settings: ``given`` first, then values
-    the processor already carries (e.g. loaded from a saved wrapped processor), then defaults."""
-    if not isinstance(image_processor, IMAGE_PROCESSOR_CLASSES):
-        raise TypeError(
-            "expected a Qwen-VL image processor "
-            f"({', '.join(c.__name__ for c in IMAGE_PROCESSOR_CLASSES)}), got {type(image_processor).__name__}"
-        )
-    new = copy.deepcopy(image_processor)
-    new.__class__ = _pruning_class(type(image_processor), PruningImageProcessorMixin)
+def as_pruning(processor: Any, given: dict) -> Any:
+    """Copy of a Qwen-VL image or video processor as its pruning subclass. Settings: ``given``
+    first, then values it already carries (e.g. loaded from a saved wrapped processor), then defaults."""
+    if not isinstance(processor, IMAGE_PROCESSOR_CLASSES + VIDEO_PROCESSOR_CLASSES):
+        names = ", ".join(c.__name__ for c in IMAGE_PROCESSOR_CLASSES + VIDEO_PROCESSOR_CLASSES)
+        raise TypeError(f"expected a Qwen-VL image or video processor ({names}), got {type(processor).__name__}")
+    new = copy.deepcopy(processor)
+    new.__class__ = _pruning_class(type(processor))
     for key, default in SETTINGS.items():
-        value = given[key] if key in given else image_processor.__dict__.get(key, default)
+        value = given[key] if key in given else processor.__dict__.get(key, default)
         setattr(new, key, value)
     new._valid_kwargs_names = list(new.valid_kwargs.__annotations__)
     check_settings(new.selection_settings)
@@ -286,19 +379,21 @@ def as_pruning_image_processor(image_processor: Any, given: dict) -> Any:
 
 
 def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: Any = UNSET, **settings: Any) -> Any:
-    """Return a pruning copy of a Qwen-VL processor or bare image processor (either backend).
+    """Return a pruning copy of a Qwen-VL processor, or of a bare image (either backend) or video processor.
 
     The copy is an instance of a subclass of the wrapped class: same call signature,
     ``BatchFeature`` output, ``apply_chat_template``, ``batch_decode``, ``save_pretrained``;
     ``type(wrapped).from_pretrained(path, **settings)`` loads a pruning processor. Its output adds
     ``image_kept_regions`` (int64 (num_kept, 5): image, level, t, row, col in merge units), prunes
     ``pixel_values`` to 4 rows per kept region, keeps the full ``image_grid_thw``, and (full
-    processor) puts one ``<|image_pad|>`` per kept region.
+    processor) puts one ``<|image_pad|>`` per kept region; videos likewise with
+    ``video_kept_regions``, ``pixel_values_videos`` and ``<|video_pad|>`` (per temporal patch).
 
     Settings (``patch_selection_method``, ``alpha``, ``thresholds``, ``num_scales``, ``mode``,
-    ``score``; see :func:`entropy_prune.select_patches`) can be set here, as attributes of
-    ``wrapped.image_processor`` (or of the wrapped image processor), or per call
-    (``images_kwargs={...}`` or flat kwargs). Unset ones come from values the processor already
+    ``score``, see :func:`entropy_prune.select_patches`; ``temporal_threshold`` for videos, see
+    the module docstring) apply to images and videos and can be set here, as attributes of
+    ``wrapped.image_processor`` / ``wrapped.video_processor``, or per call (``images_kwargs`` /
+    ``videos_kwargs``, or flat kwargs for both). Unset ones come from values the processor already
     carries (a saved wrapped processor reloaded with ``AutoProcessor``), else default to
     ``"budget"``, ``alpha=0.3``, ``num_scales=3``, ``"multiscale"``, ``"entropy"``.
     Method ``None`` / ``"none"`` returns the stock output unchanged.
@@ -322,10 +417,12 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
                 f"got {type(processor).__name__}"
             )
         new = copy.copy(processor)
-        new.__class__ = _pruning_class(type(processor), PruningProcessorMixin)
-        new.image_processor = as_pruning_image_processor(processor.image_processor, given)
+        new.__class__ = _pruning_class(type(processor))
+        new.image_processor = as_pruning(processor.image_processor, given)
+        if isinstance(getattr(processor, "video_processor", None), VIDEO_PROCESSOR_CLASSES):
+            new.video_processor = as_pruning(processor.video_processor, given)
         return new
     if isinstance(processor, BaseImageProcessor):
-        return as_pruning_image_processor(processor, given)
-    raise TypeError(f"expected a Qwen-VL processor or image processor, got {type(processor).__name__}")
+        return as_pruning(processor, given)
+    raise TypeError(f"expected a Qwen-VL processor, image or video processor, got {type(processor).__name__}")
 
