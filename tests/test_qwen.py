@@ -242,6 +242,35 @@ def test_positions_of_coarse_regions(processors, model, images, texts):
     assert (pos[1:, 0, after] == start + max(gh, gw) // 2).all()
 
 
+def test_vision_positions_of_coarse_units(processors, model, images, texts):
+    """Each patch of a coarse unit sits inside the sub-block of its region that it averages, one
+    position from its neighbours (the in-unit spacing of training); level 1 keeps stock positions."""
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured.update(kwargs)
+
+    handle = model.model.visual.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        inputs = run(wrap_processor(processors["torchvision"], alpha=0.3), images, texts)
+        prepare_inputs(model, inputs)
+    finally:
+        handle.remove()
+    pos = captured["position_ids"].reshape(-1, 2, 2, 2)  # (unit, mh, mw, [h, w])
+    regions = inputs[REGIONS_KEY]
+    assert (regions[:, 1] == 2).any() and (regions[:, 1] == 1).any()
+    for (_, level, _, r, c), p in zip(regions.tolist(), pos):
+        b = 1 << (level - 1)
+        for mh in range(2):
+            for mw in range(2):
+                h, w = p[mh, mw].tolist()
+                assert 2 * r + mh * b <= h < 2 * r + (mh + 1) * b
+                assert 2 * c + mw * b <= w < 2 * c + (mw + 1) * b
+        assert (p[1, :, 0] - p[0, :, 0] == 1).all() and (p[:, 1, 1] - p[:, 0, 1] == 1).all()
+        if level == 1:
+            assert p.reshape(4, 2).tolist() == [[2 * r, 2 * c], [2 * r, 2 * c + 1], [2 * r + 1, 2 * c], [2 * r + 1, 2 * c + 1]]
+
+
 # ---------------------------------------------------------------- settings: three ways, save/load
 
 

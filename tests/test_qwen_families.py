@@ -1,0 +1,244 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: images + videos through the same adapter (offline tiny models)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from qwen_tiny import FAMILIES, make_model, make_processor, textured_image  # noqa: E402
+
+from entropy_prune import select_patches  # noqa: E402
+from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
+
+IMAGE, VIDEO, TEXT = {"type": "image"}, {"type": "video"}, {"type": "text", "text": "Describe."}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    proc = make_processor(family=request.param)
+    model = make_model(proc.tokenizer, request.param)
+    return request.param, proc, model
+
+
+@pytest.fixture(scope="module")
+def media(family):
+    """2 images; a 5-frame video (padded to 3 temporal patches) and a 1-frame one (1 temporal patch).
+    The stock Qwen3-VL video processor refuses fewer than 2 frames, so it gets a 2-frame clip."""
+    images = [textured_image(112, 168, 0), textured_image(84, 84, 1)]
+    odd = np.stack([textured_image(84, 112, s) for s in range(5)])
+    short = np.stack([textured_image(56, 84, 9)] * (2 if family[0] == "qwen3_vl" else 1))
+    return images, [odd, short]
+
+
+def test_one_frame_video_like_stock(family):
+    name, proc, _ = family
+    video = [textured_image(56, 84, 9)[None]]
+    if name == "qwen3_vl":
+        for p in (proc, wrap_processor(proc)):
+            with pytest.raises(ValueError, match="temporal_factor"):
+                p.video_processor(video)
+    else:
+        out = wrap_processor(proc).video_processor(video, return_tensors="pt")
+        assert out["video_grid_thw"][0, 0] == 1 and (out[VIDEO_REGIONS_KEY][:, 2] == 0).all()
+
+
+def prompts(proc, contents):
+    return [proc.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True) for c in contents]
+
+
+def run(proc, images, videos, texts, **kwargs):
+    return proc(images=images, videos=videos, text=texts, return_tensors="pt", padding=True, **kwargs)
+
+
+def batch(proc, media, **kwargs):
+    """Two prompts: [image, odd video, image] and [short video] (2 images + 2 videos, left padded)."""
+    images, videos = media
+    return run(proc, images, videos, prompts(proc, [[IMAGE, VIDEO, IMAGE, TEXT], [VIDEO, TEXT]]), **kwargs)
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def greedy(model, inputs, **kwargs):
+    return model.generate(**inputs, max_new_tokens=3, do_sample=False, **kwargs)
+
+
+def placeholder_runs(ids, token_id):
+    """Lengths of the runs of ``token_id`` in a 1-D id tensor."""
+    text = "".join("x" if int(i) == token_id else "." for i in ids)
+    return [len(r) for r in re.findall("x+", text)]
+
+
+def test_keep_all_equals_stock(family, media):
+    name, proc, model = family
+    stock = batch(proc, media)
+    assert (stock["attention_mask"] == 0).any()
+    reference, tokens = logits(model, stock), greedy(model, stock)
+    ours = batch(wrap_processor(proc, alpha=1.0), media)
+    assert torch.equal(ours["pixel_values_videos"], stock["pixel_values_videos"])
+    assert torch.equal(ours["input_ids"], stock["input_ids"])
+    patch_model(model)
+    try:
+        assert torch.equal(logits(model, ours), reference)
+        assert torch.equal(greedy(model, ours), tokens)
+    finally:
+        unpatch_model(model)
+
+
+@pytest.mark.parametrize("mode", ["multiscale", "drop"])
+def test_budget_counts_per_image_and_video(family, media, mode):
+    name, proc, model = family
+    inputs = batch(wrap_processor(proc, alpha=0.3, mode=mode), media)
+    encoded = prepare_inputs(model, inputs)["mm_encoder_outputs"]
+    cfg = model.config
+    for key, modality, token in ((REGIONS_KEY, "image", cfg.image_token_id), (VIDEO_REGIONS_KEY, "video", cfg.video_token_id)):
+        regions = inputs[key]
+        counts = torch.bincount(regions[:, 0], minlength=2).tolist()
+        assert [len(f) for f in encoded[modality].pooler_output] == counts
+        if name == "qwen3_vl":
+            assert all(len(ds) == 2 and [len(x) for x in ds] == counts for ds in encoded[modality].deepstack_features)
+        pads = (inputs["input_ids"] == token).sum(1).tolist()
+        assert pads == ([counts[0] + counts[1], 0] if modality == "image" else counts)
+    # Video placeholders come per temporal patch where the prompt has groups (Qwen3-VL timestamps).
+    video = inputs[VIDEO_REGIONS_KEY]
+    per_group = [int(((video[:, 0] == 0) & (video[:, 2] == t)).sum()) for t in range(3)]
+    runs = placeholder_runs(inputs["input_ids"][0], cfg.video_token_id)
+    assert runs == ([n for n in per_group if n] if name == "qwen3_vl" else [sum(per_group)])
+    length = inputs["input_ids"].shape[1]
+    patch_model(model)
+    try:
+        assert torch.isfinite(logits(model, inputs)).all()
+        assert greedy(model, inputs).shape == (2, length + 3)
+        assert greedy(model, inputs, num_beams=2).shape == (2, length + 3)
+    finally:
+        unpatch_model(model)
+
+
+def test_static_video_groups_match_core_on_the_frame(family):
+    """Identical frames: each temporal patch's selection is the core selection of that frame."""
+    name, proc, model = family
+    frame = textured_image(84, 112, 3)
+    wrapped = wrap_processor(proc, alpha=0.4)
+    out = wrapped.video_processor([np.stack([frame] * 4)], return_tensors="pt")
+    ip = proc.image_processor
+    raw = proc.video_processor([np.stack([frame] * 4)], do_rescale=False, do_normalize=False, return_tensors="pt")
+    t, h, w = raw["video_grid_thw"][0].tolist()
+    p, m = ip.patch_size, ip.merge_size
+    rows = raw["pixel_values_videos"].reshape(t, h // m, w // m, m, m, 3, 2, p, p)[0, ..., 0, :, :]
+    image = rows.permute(0, 2, 5, 1, 3, 6, 4).reshape(h * p, w * p, 3).round().to(torch.uint8).numpy()
+    expected = select_patches(image, method="budget", alpha=0.4, patch_size=p * m).regions.tolist()
+    regions = out[VIDEO_REGIONS_KEY]
+    for ti in range(t):
+        assert regions[regions[:, 2] == ti][:, [1, 3, 4]].tolist() == expected
+
+
+def top_rows_image(k: int, rows: int, cols: int, unit: int) -> np.ndarray:
+    img = np.full((unit * rows, unit * cols, 3), 90, dtype=np.uint8)
+    img[: unit * k] = np.random.default_rng(7).integers(0, 256, (unit * k, unit * cols, 3))
+    return img
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
+def test_drop_top_rows_equals_stock_on_cropped_grid_with_windows(name):
+    """Qwen2.5-VL's 4x4-unit windows: 10 units wide = 3 windows (last one ragged), kept rows 0..2
+    sit in the first window row. Qwen3-VL is excluded by design: its learned position embedding is
+    interpolated over the whole grid, so a cropped grid is a different input."""
+    proc = make_processor(family=name)
+    model = make_model(proc.tokenizer, name)
+    k, rows, cols = 3, 6, 10
+    image = top_rows_image(k, rows, cols, 28)
+    text = prompts(proc, [[IMAGE, TEXT]])
+    ours = wrap_processor(proc, alpha=k / rows, mode="drop")(images=[image], text=text, return_tensors="pt")
+    assert ours[REGIONS_KEY].tolist() == [[0, 1, 0, r, c] for r in range(k) for c in range(cols)]
+    cropped = {key: v for key, v in ours.items() if key != REGIONS_KEY}
+    cropped["image_grid_thw"] = torch.tensor([[1, 2 * k, 2 * cols]])
+    reference = logits(model, cropped)
+    patch_model(model)
+    assert torch.equal(logits(model, ours), reference)
+
+
+def test_temporal_group_with_nothing_kept(family):
+    """A flat middle temporal patch keeps no unit in drop mode; the prompt stays valid."""
+    name, proc, model = family
+    noisy = [textured_image(84, 112, s) for s in range(4)]
+    flat = np.full((84, 112, 3), 120, dtype=np.uint8)
+    video = np.stack([noisy[0], noisy[1], flat, flat, noisy[2], noisy[3]])
+    wrapped = wrap_processor(proc, patch_selection_method="v1", thresholds=[1.0, 1.0], mode="drop")
+    inputs = run(wrapped, None, [video], prompts(proc, [[VIDEO, TEXT]]))
+    regions = inputs[VIDEO_REGIONS_KEY]
+    counts = [int((regions[:, 2] == t).sum()) for t in range(3)]
+    assert counts[1] == 0 and counts[0] > 0 and counts[2] > 0
+    if name == "qwen3_vl":
+        decoded = proc.tokenizer.decode(inputs["input_ids"][0])
+        assert re.search(r"<[0-9.]+ seconds><\|vision_start\|><\|vision_end\|>", decoded)
+    patch_model(model)
+    try:
+        assert torch.isfinite(logits(model, inputs)).all()
+        assert greedy(model, inputs, num_beams=2).shape[1] == inputs["input_ids"].shape[1] + 3
+    finally:
+        unpatch_model(model)
+
+
+def test_video_settings_three_ways_and_save_load(family, media, tmp_path):
+    name, proc, _ = family
+    _, videos = media
+    text = prompts(proc, [[VIDEO, TEXT]])
+    settings = dict(patch_selection_method="v2", alpha=1.0, mode="drop")
+    by_constructor = run(wrap_processor(proc, **settings), None, videos[:1], text)
+    attr = wrap_processor(proc)
+    for k, v in settings.items():
+        setattr(attr.video_processor, k, v)
+    by_attribute = run(attr, None, videos[:1], text)
+    by_call = run(wrap_processor(proc), None, videos[:1], text, videos_kwargs=settings)
+    wrapped = wrap_processor(proc, **settings)
+    wrapped.save_pretrained(tmp_path)
+    loaded = type(wrapped).from_pretrained(tmp_path)
+    assert loaded.video_processor.selection_settings == wrapped.video_processor.selection_settings
+    by_loaded = run(loaded, None, videos[:1], text)
+    for other in (by_attribute, by_call, by_loaded):
+        for key in ("pixel_values_videos", VIDEO_REGIONS_KEY, "input_ids"):
+            assert torch.equal(other[key], by_constructor[key])
+
+
+# ---------------------------------------------------------------- temporal score
+
+
+def panning_clip(num_static: int, num_moving: int, size: int = 224, step: int = 16) -> np.ndarray:
+    """Real photo (skimage astronaut): a static shot, then the camera pans right ``step`` px/frame."""
+    data = pytest.importorskip("skimage.data")
+    photo = data.astronaut()
+    frames = [photo[100 : 100 + size, 100 : 100 + size]] * num_static
+    frames += [photo[100 : 100 + size, 100 + step * (i + 1) : 100 + step * (i + 1) + size] for i in range(num_moving)]
+    return np.stack(frames)
+
+
+def test_temporal_score_spends_fewer_tokens_on_static_patches():
+    video_processor = make_processor().video_processor
+    clip = panning_clip(num_static=8, num_moving=8)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 224 * 224}  # 8 x 8 units per frame
+    settings = dict(patch_selection_method="v1", thresholds=[3.0, 2.0])
+    plain = wrap_processor(video_processor, **settings)([clip], size=size, return_tensors="pt")
+    moved = wrap_processor(video_processor, temporal_threshold=0.02, **settings)([clip], size=size, return_tensors="pt")
+
+    def per_group(out):
+        return torch.bincount(out[VIDEO_REGIONS_KEY][:, 2], minlength=8).tolist()
+
+    a, b = per_group(plain), per_group(moved)
+    assert b[0] == a[0]  # nothing before the first temporal patch
+    assert all(y <= x for x, y in zip(a, b))
+    assert sum(b[1:4]) < sum(a[1:4])  # static shot: later patches barely change
+    assert sum(b) < sum(a)
+
+
+def test_bad_temporal_threshold(family):
+    _, proc, _ = family
+    for bad, error in ((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), ("0.1", TypeError)):
+        with pytest.raises(error, match="temporal_threshold"):
+            wrap_processor(proc, temporal_threshold=bad)
