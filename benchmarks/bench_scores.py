@@ -96,7 +96,7 @@ def ours_maps(img):
 def ours_budget(img):
     from entropy_prune import select_patches
 
-    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES)
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, score="entropy")
 
 
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .scores import SCORES, score_maps
-from .selection import METHODS, MODES, select_patches
+from .selection import METHODS, MODES, default_score, select_patches
 from .visualize import render_selection
 
 SWEEP = [("none", None), ("v1", None), ("v2", 0.5), ("v2", 1.0), ("v2", 1.5),
@@ -29,24 +29,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="budget", choices=[m for m in METHODS if m])
     parser.add_argument("--alpha", type=float, default=0.3, help="budget: fraction of tokens kept; v2: multiple of the mean score")
     parser.add_argument("--mode", default="multiscale", choices=MODES)
-    parser.add_argument("--score", default="entropy", choices=SCORES)
+    parser.add_argument("--score", choices=SCORES, help="default: detail for budget, entropy otherwise")
     parser.add_argument("--patch-size", type=int, default=28, help="base cell side in pixels")
     parser.add_argument("--out", type=Path, default=Path("selection.png"), help="PNG to write")
     args = parser.parse_args(argv)
 
     image = np.asarray(Image.open(args.image).convert("RGB")) if args.image else default_image()
     h, w = image.shape[:2]
-    maps = score_maps(image, args.score, patch_size=args.patch_size)
-    print(f"image {w}x{h} px, base cell {args.patch_size} px, score {args.score}, mode {args.mode}")
-    print(f"{'method':<8} {'alpha':>6} {'tokens':>7} {'of':>6} {'kept':>6}")
+    cache: dict = {}
+
+    def maps_for(method: str):
+        score = args.score or default_score(method)
+        if score not in cache:
+            cache[score] = score_maps(image, score, patch_size=args.patch_size)
+        return score, cache[score]
+
+    print(f"image {w}x{h} px, base cell {args.patch_size} px, mode {args.mode}")
+    print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}")
     for method, alpha in SWEEP:
+        score, maps = maps_for(method)
         sel = select_patches(maps, method, alpha if alpha is not None else 0.3, mode=args.mode)
         shown = "-" if alpha is None else f"{alpha:g}"
-        print(f"{method:<8} {shown:>6} {sel.num_tokens:>7} {sel.num_cells:>6} {sel.num_tokens / sel.num_cells:>6.1%}")
+        print(f"{method:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {sel.num_tokens / sel.num_cells:>6.1%}")
+    score, maps = maps_for(args.method)
     sel = select_patches(maps, args.method, args.alpha, mode=args.mode)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(render_selection(image, sel, maps[0], args.patch_size)).save(args.out)
-    print(f"{args.method} alpha={args.alpha:g}: {sel.num_tokens} of {sel.num_cells} tokens -> wrote {args.out}")
+    print(f"{args.method} alpha={args.alpha:g} score={score}: {sel.num_tokens} of {sel.num_cells} tokens -> wrote {args.out}")
     return 0
 
 

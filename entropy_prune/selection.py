@@ -17,6 +17,12 @@ MODES = ("multiscale", "drop")
 DEFAULT_THRESHOLDS = (3.0, 2.0)
 
 
+def default_score(method: str | None) -> str:
+    """Score used when none is given: "detail" for "budget" (it keeps the most of the image per
+    token, see benchmarks/bench_fidelity.py), "entropy" otherwise (v1 thresholds are in bits)."""
+    return "detail" if METHODS.get(method) == "budget" else "entropy"
+
+
 @dataclass(frozen=True, eq=False)
 class Selection:
     """Which regions of one image are kept, and at which scale.
@@ -216,7 +222,7 @@ def select_patches(
     patch_size: int = 28,
     num_scales: int = 3,
     mode: str = "multiscale",
-    score: str = "entropy",
+    score: str | None = None,
     channels_first: bool = False,
 ) -> Selection:
     """Choose which regions of an image keep full resolution, go coarse, or are dropped.
@@ -248,7 +254,8 @@ def select_patches(
             (level 2 first; drop mode uses thresholds[0]).
         patch_size: base cell side in pixels (images only).
         num_scales: number of levels (images only; maps bring their own).
-        score: ``"entropy"`` (bits) or ``"detail"`` (gray levels) (images only).
+        score: ``"entropy"`` (bits) or ``"detail"`` (gray levels) (images only); None picks
+            ``"detail"`` for method "budget" and ``"entropy"`` otherwise.
         channels_first: image is (C, H, W).
 
     Returns:
@@ -263,6 +270,7 @@ def select_patches(
     if isinstance(image, (ScoreMaps, list, tuple)):
         maps, partial = _check_maps(image)
     else:
+        score = default_score(method) if score is None else score
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         check_int("num_scales", num_scales, 1)

@@ -13,7 +13,7 @@ def test_main_job_prints_table_and_writes_png(tmp_path, capsys):
     out = tmp_path / "sel.png"
     assert main(["--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "budget      0.3      76    256" in text.replace("  29.7%", "")
+    assert "budget      0.3   detail      76    256  29.7%" in text
     png = np.asarray(Image.open(out))
     assert png.shape == (448, 2 * 448 + 8, 3)
 
