@@ -32,7 +32,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from .._image import gray
 from ..scores import score_maps
-from ..selection import select_patches
+from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
 
 REGIONS_KEY = "image_kept_regions"
@@ -47,7 +47,7 @@ SETTINGS = {
     "thresholds": None,
     "num_scales": 3,
     "mode": "multiscale",
-    "score": "entropy",
+    "score": None,
     "temporal_threshold": None,
 }
 """Selection settings a wrapped processor accepts (per call, as attributes, or at construction),
@@ -143,10 +143,11 @@ def select_group(frames: torch.Tensor, previous: torch.Tensor | None, settings: 
     """
     images = [scoring_image(frames[0], norm)]
     images += [scoring_image(f, norm) for f in frames[1:] if not torch.equal(f, frames[0])]
+    score = default_score(settings["patch_selection_method"]) if settings["score"] is None else settings["score"]
     kw = dict(patch_size=unit_px, num_scales=settings["num_scales"])
-    levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], settings["score"], **kw).levels]
+    levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], score, **kw).levels]
     for image in images[1:]:
-        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, settings["score"], **kw).levels)]
+        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, score, **kw).levels)]
     tau = settings["temporal_threshold"]
     if tau is not None and previous is not None:
         now = np.mean([_luma01(x) for x in images], axis=0)
@@ -395,7 +396,8 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     ``wrapped.image_processor`` / ``wrapped.video_processor``, or per call (``images_kwargs`` /
     ``videos_kwargs``, or flat kwargs for both). Unset ones come from values the processor already
     carries (a saved wrapped processor reloaded with ``AutoProcessor``), else default to
-    ``"budget"``, ``alpha=0.3``, ``num_scales=3``, ``"multiscale"``, ``"entropy"``.
+    ``"budget"``, ``alpha=0.3``, ``num_scales=3``, ``"multiscale"``, ``score=None`` (the core's
+    default for the method), no temporal score.
     Method ``None`` / ``"none"`` returns the stock output unchanged.
 
     Raises:
