@@ -200,7 +200,7 @@ def detail_maps(
     means at f/2 px minus block means at f px). dSS is additive, so splitting in descending
     score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
     deviation of the cell from its mean (the standard deviation for a whole cell). Gray is
-    BT.601 luma scaled to [0, 255].
+    BT.601 luma scaled to [0, 255]; scores below 1e-6 gray levels (float rounding) are 0.
 
     Args:
         image: (..., H, W) or (..., H, W, C), C in {1, 3, 4}; numpy or torch.
