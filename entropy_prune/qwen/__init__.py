@@ -1,15 +1,17 @@
-"""Qwen-VL adapter: prune image tokens before the vision encoder (needs ``pip install entropy-prune[qwen]``).
+"""Qwen-VL adapter: prune image and video tokens before the vision encoder.
 
-Supported: Qwen2-VL (transformers 5.23.0), images, both image-processor backends.
+Needs ``pip install "entropy-prune[qwen]"``. Supported with transformers 5.23.0: Qwen2-VL,
+Qwen2.5-VL and Qwen3-VL (``*ForConditionalGeneration`` and ``*Model``), images and videos, both
+image-processor backends (torchvision and PIL). The family is detected from the objects.
 
     processor = wrap_processor(AutoProcessor.from_pretrained(path), patch_selection_method="budget", alpha=0.3)
-    model = patch_model(Qwen2VLForConditionalGeneration.from_pretrained(path))
+    model = patch_model(AutoModelForImageTextToText.from_pretrained(path))
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     out = model.generate(**inputs)
 
-Kept regions travel in the processor output as ``image_kept_regions``: int64 (num_kept, 5)
-(image, level, t, row, col) in merge-unit coordinates; ``pixel_values`` holds 4 rows per kept
-region and each image gets one ``<|image_pad|>`` per kept region.
+Kept regions travel in the processor output as ``image_kept_regions`` / ``video_kept_regions``:
+int64 (num_kept, 5) (item, level, t, row, col) in merge-unit coordinates; the pixel rows hold
+merge_size^2 rows per kept region and each item gets one placeholder token per kept region.
 """
 
 from .modeling import patch_model, prepare_inputs, unpatch_model

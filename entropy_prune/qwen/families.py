@@ -122,7 +122,7 @@ class Qwen2VLFamily:
         return torch.stack([h.reshape(-1), w.reshape(-1)], 1)
 
     @staticmethod
-    def segments(regions: torch.Tensor, keys: torch.Tensor, m: int) -> torch.Tensor:
+    def segments(keys: torch.Tensor, m: int) -> torch.Tensor:
         """int32 cu_seqlens over patches for runs of equal ``keys`` (consecutive); empty runs vanish."""
         if keys.numel() == 0:
             return torch.zeros(1, dtype=torch.int32)
@@ -133,7 +133,7 @@ class Qwen2VLFamily:
         """Precomputed tower inputs for the kept units: rotary ``position_ids`` and per-frame ``cu_seqlens``."""
         m = self.merge_size(base)
         frame = regions[:, 0] * (int(grid_thw[:, 0].max()) if len(grid_thw) else 1) + regions[:, 2]
-        return {"position_ids": self.vision_position_ids(m, regions), "cu_seqlens": self.segments(regions, frame, m)}
+        return {"position_ids": self.vision_position_ids(m, regions), "cu_seqlens": self.segments(frame, m)}
 
     def encode(self, base: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, regions: torch.Tensor) -> Any:
         """Run the vision tower on kept units only.
@@ -180,7 +180,7 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
         order = (window * span[3] + regions[:, 3]) * span[4] + regions[:, 4]
         window_index = torch.argsort(order, stable=True)
         kwargs["window_index"] = window_index
-        kwargs["cu_window_seqlens"] = self.segments(regions, window[window_index], m)
+        kwargs["cu_window_seqlens"] = self.segments(window[window_index], m)
         return kwargs
 
 

@@ -190,6 +190,7 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
         elif pixels is not None:
             grid = torch.as_tensor(grid).to("cpu", torch.long)
             kept = full_grid_regions(grid, m)
+            pixels = torch.as_tensor(pixels)
             mm[name] = getattr(base, f"get_{name}_features")(pixels, grid.to(pixels.device), return_dict=True)
         else:
             continue
@@ -219,7 +220,8 @@ def patch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Make ``model(**inputs)`` and ``model.generate(**inputs)`` accept a wrapped processor's output.
 
     Idempotent; undo with :func:`unpatch_model`. Inputs without ``image_kept_regions`` /
-    ``video_kept_regions`` go to the stock methods untouched. Returns ``model``. TypeError for a non-Qwen-VL model.
+    ``video_kept_regions`` go to the stock methods untouched. Returns ``model``.
+    TypeError for a model outside the supported Qwen-VL families.
     """
     family_of(model)
     if _PATCH_ATTR in model.__dict__:
