@@ -165,8 +165,9 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
         if modality == "image":
             return torch.arange(grid_t)
         seconds = inputs.get("second_per_grid_ts")
-        interval = base.config.vision_config.tokens_per_second * (seconds[index] if seconds is not None else 1)
-        return (torch.arange(grid_t) * interval).long()
+        second = 1 if seconds is None else seconds[index]
+        second = second.cpu() if isinstance(second, torch.Tensor) else second
+        return (torch.arange(grid_t) * (base.config.vision_config.tokens_per_second * second)).long()
 
     def tower_kwargs(self, base, grid_thw, regions):
         kwargs = super().tower_kwargs(base, grid_thw, regions)
@@ -210,8 +211,9 @@ class Qwen3VLFamily(Qwen2VLFamily):
         kwargs = super().tower_kwargs(base, grid_thw, regions)
         m = self.merge_size(base)
         visual = base.visual
+        # On the tower's device, as the stock tower computes it (same float arithmetic).
         indices, weights = get_vision_interpolation_indices_and_weights(
-            grid_thw,
+            grid_thw.to(visual.device),
             num_grid_per_side=visual.num_grid_per_side,
             mode=visual.interpolation_mode,
             align_corners=visual.interpolation_align_corners,
@@ -225,6 +227,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
         ph, pw = kwargs["position_ids"].unbind(1)
         unit = (ph // m) * (w[item] // m) + pw // m
         row = start[item] + frame * h[item] * w[item] + (unit * m + ph % m) * m + pw % m
+        row = row.to(indices.device)
         kwargs["interp_indices"], kwargs["interp_weights"] = indices[row], weights[row]
         return kwargs
 
