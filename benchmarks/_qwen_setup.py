@@ -1,0 +1,65 @@
+"""Shared setup for the Qwen-VL benchmarks: import paths, real photographs, processors.
+
+Repo-only: puts the repo root (``entropy_prune``) and ``tests/`` (``qwen_tiny``'s in-memory
+tokenizer) on ``sys.path``, so the benchmarks run from a plain checkout.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# Qwen2-VL's own max_pixels (16384 units of 28 px): 4 MP images are not downscaled.
+MAX_PIXELS = 16384 * 28 * 28
+MIN_PIXELS = 56 * 56
+PHOTOS = ("astronaut", "coffee", "retina")
+
+
+def photo(name: str, megapixels: float) -> tuple[np.ndarray, str]:
+    """uint8 (H, W, 3) skimage photograph ``name`` resized (bicubic, aspect kept) to ~``megapixels`` MP.
+
+    Without scikit-image the bundled 448 px astronaut is used instead. Returns (image, source name).
+    """
+    try:
+        from skimage import data
+
+        img, source = getattr(data, name)(), name
+    except ImportError:
+        img, source = np.asarray(Image.open(ROOT / "entropy_prune" / "data" / "astronaut.jpg").convert("RGB")), "bundled astronaut"
+    h, w = img.shape[:2]
+    scale = (megapixels * 1e6 / (h * w)) ** 0.5
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.array(Image.fromarray(img[..., :3]).convert("RGB").resize(size, Image.BICUBIC)), source
+
+
+def make_stock_processor(backend: str, max_pixels: int = MAX_PIXELS):
+    """Stock ``Qwen2VLProcessor`` with Qwen2-VL's image settings (14 px patches, merge 2, CLIP
+    mean/std), the given image backend ("pil" or "torchvision") and ``max_pixels``, and the
+    in-memory tokenizer and chat template of ``tests/qwen_tiny.py``."""
+    from qwen_tiny import CHAT_TEMPLATE, make_tokenizer
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
+    image_cls = {"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil}[backend]
+    return Qwen2VLProcessor(
+        image_processor=image_cls(size=dict(size)),
+        tokenizer=make_tokenizer(),
+        video_processor=Qwen2VLVideoProcessor(size=dict(size)),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def prompt(processor, question: str = "Describe this image.") -> str:
+    """Chat-formatted text with one image placeholder and a generation prompt."""
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
