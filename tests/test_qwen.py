@@ -373,6 +373,19 @@ def test_prepare_inputs_without_patching(processors, model, images, texts):
         unpatch_model(model)
 
 
+def test_patch_base_model(processors, model, images, texts):
+    """``*Model`` (no LM head, no generate) is patched too and matches the full model."""
+    inputs = run(wrap_processor(processors["torchvision"], alpha=0.3), images, texts)
+    expected = logits(model, prepare_inputs(model, inputs))
+    base = patch_model(model.model)
+    try:
+        with torch.no_grad():
+            hidden = base(**inputs).last_hidden_state
+        assert torch.equal(model.lm_head(hidden), expected)
+    finally:
+        unpatch_model(base)
+
+
 def test_image_with_no_kept_token(processors, patched, images, texts):
     """Drop mode with a budget that rounds to 0 for the smallest image still runs end to end."""
     wrapped = wrap_processor(processors["torchvision"], alpha=0.05, mode="drop")
