@@ -186,6 +186,20 @@ def test_temporal_group_with_nothing_kept(family):
         unpatch_model(model)
 
 
+def test_nothing_kept_at_all(family):
+    """Drop mode with a budget of 0 for every image: no tower run, prompt without placeholders."""
+    name, proc, model = family
+    inputs = run(wrap_processor(proc, alpha=0.01, mode="drop"), [textured_image(84, 84, 1)], None, prompts(proc, [[IMAGE, TEXT]]))
+    assert inputs[REGIONS_KEY].shape == (0, 5) and inputs["pixel_values"].shape[0] == 0
+    assert not (inputs["input_ids"] == model.config.image_token_id).any()
+    patch_model(model)
+    try:
+        assert torch.isfinite(logits(model, inputs)).all()
+        assert greedy(model, inputs).shape[1] == inputs["input_ids"].shape[1] + 3
+    finally:
+        unpatch_model(model)
+
+
 def test_video_settings_three_ways_and_save_load(family, media, tmp_path):
     name, proc, _ = family
     _, videos = media

@@ -186,7 +186,8 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
         if regions[name] is not None:
             kept = check_regions(regions[name], pixels, grid, m, name)
             grid = torch.as_tensor(grid).to("cpu", torch.long)
-            mm[name] = family.encode(base, torch.as_tensor(pixels), grid, kept)
+            if len(kept):  # nothing kept at all: no tower run, no features, no placeholders
+                mm[name] = family.encode(base, torch.as_tensor(pixels), grid, kept)
         elif pixels is not None:
             grid = torch.as_tensor(grid).to("cpu", torch.long)
             kept = full_grid_regions(grid, m)
