@@ -30,7 +30,6 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .._image import gray
 from ..scores import score_maps
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
@@ -127,8 +126,8 @@ def _patchify(frames: torch.Tensor, m: int, p: int) -> torch.Tensor:
 
 
 def _luma01(image: np.ndarray) -> np.ndarray:
-    """(H, W) BT.601 luma in [0, 1] of a scoring image (uint8 or [0, 1] float)."""
-    y = gray(image)
+    """(H, W) BT.601 luma in [0, 1] of an (H, W, 3) scoring image (uint8 or [0, 1] float)."""
+    y = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     return y / 255.0 if image.dtype == np.uint8 else y
 
 
@@ -156,9 +155,8 @@ def select_group(frames: torch.Tensor, previous: torch.Tensor | None, settings: 
         for k in range(len(levels)):
             change = F.avg_pool2d(diff, unit_px << k)[0, 0].numpy()[: levels[k].shape[0], : levels[k].shape[1]]
             levels[k] = levels[k] * np.minimum(1.0, change / tau)
-    core = core_kwargs(settings, unit_px)
-    del core["patch_size"], core["num_scales"], core["score"]
-    return select_patches(levels, **core)
+    keys = ("alpha", "thresholds", "mode")
+    return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
 
 
 def prune_item(
