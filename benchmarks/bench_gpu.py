@@ -1,7 +1,7 @@
 """Time to first token of Qwen2-VL-2B / 7B-shaped models, stock vs pruned processor output.
 
     python benchmarks/bench_gpu.py [--models 2b 7b] [--sizes 1 4] [--alphas 0.5 0.3 0.2]
-                                   [--mode multiscale] [--photo astronaut] [--repeats 5] [--warmup 2]
+                                   [--mode multiscale] [--photo astronaut] [--repeats 10] [--warmup 3]
     python benchmarks/bench_gpu.py --tiny      # same code path on CPU with a tiny config (CI smoke test)
 
 Models: the exact Qwen2-VL-2B-Instruct / 7B-Instruct architectures (vision tower depth 32,
@@ -158,9 +158,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--mode", choices=["multiscale", "drop"], default="multiscale")
     parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
     parser.add_argument("--backend", choices=["pil", "torchvision"], default="torchvision", help="image processor backend")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per row")
-    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed forwards before them")
-    parser.add_argument("--proc-repeats", type=positive_int, default=3, help="timed processor calls per setting")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed forwards per row")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed forwards before them")
+    parser.add_argument("--proc-repeats", type=positive_int, default=5, help="timed processor calls per setting")
     parser.add_argument("--device", help="torch device (default: cuda; --tiny: cpu)")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
