@@ -94,35 +94,34 @@ def check_settings(settings: dict) -> None:
 
 
 def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
-    """(C, H, W) normalised frame -> (H, W, C) image for the core scores.
+    """Normalised pixels of one frame in unit-row layout -> (H, W, C) image for the core scores.
 
-    Undoes normalisation and rescaling. With 8-bit rescaling (factor 1/255) the resized image was
-    uint8, so the values are integers up to float32 round-off (< 1e-2, far below 0.5); rounding
-    recovers it exactly. Otherwise a [0, 1] float image is returned, clipped to [0, 1] because
-    bicubic resizing of float inputs can overshoot: scores then see saturated values.
+    Args:
+        frame: (hu, wu, m, m, C, p, p) normalised float pixels (a view into the patch rows).
+    Returns:
+        (hu*m*p, wu*m*p, C): uint8 when rescaling was 8-bit (factor 1/255): the resized image was
+        uint8 and undoing normalisation in float32 lands within 1e-2 of integers (float32
+        round-off is ~1e-4 here, far below 0.5), so rounding recovers it exactly. Otherwise a
+        [0, 1] float image, clipped because bicubic resizing of float inputs can overshoot
+        (scores then see saturated values).
     """
-    x = frame.detach().to("cpu", torch.float64)
-    if norm["do_normalize"]:
-        mean = torch.as_tensor(norm["image_mean"], dtype=torch.float64).reshape(-1, 1, 1)
-        std = torch.as_tensor(norm["image_std"], dtype=torch.float64).reshape(-1, 1, 1)
-        x = x * std + mean
+    hu, wu, m, _, c, p, _ = frame.shape
     scale = float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0
-    if norm["do_rescale"]:
-        x = x / scale
-        if abs(scale * 255.0 - 1.0) < 1e-9:
-            r = x.round()
-            if float((x - r).abs().max()) < 1e-2 and float(r.min()) >= 0 and float(r.max()) <= 255:
-                return r.permute(1, 2, 0).numpy().astype(np.uint8)
-        x = x * scale
-    return x.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
-
-
-def _patchify(frames: torch.Tensor, m: int, p: int) -> torch.Tensor:
-    """(T, C, H, W) -> (H/(m p), W/(m p), m*m, C*T*p*p) unit rows in the processor's layout."""
-    tp, c, h, w = frames.shape
-    x = frames.reshape(tp, c, h // (m * p), m, p, w // (m * p), m, p)
-    x = x.permute(2, 5, 3, 6, 1, 0, 4, 7)
-    return x.reshape(h // (m * p), w // (m * p), m * m, c * tp * p * p)
+    if norm["do_normalize"]:
+        mean = torch.as_tensor(norm["image_mean"], dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.as_tensor(norm["image_std"], dtype=torch.float32).reshape(-1, 1, 1)
+        x = torch.addcmul(mean / scale, frame.to("cpu", torch.float32), std / scale)
+    else:
+        x = frame.to("cpu", torch.float32) / scale
+    if norm["do_rescale"] and abs(scale * 255.0 - 1.0) < 1e-9:
+        r = x.round()
+        if float(x.sub_(r).abs_().max()) < 1e-2 and float(r.min()) >= 0 and float(r.max()) <= 255:
+            image = r.to(torch.uint8)
+        else:
+            image = (x.add_(r) * scale).clamp_(0.0, 1.0)
+    else:
+        image = (x * scale).clamp_(0.0, 1.0)
+    return image.permute(0, 2, 5, 1, 3, 6, 4).reshape(hu * m * p, wu * m * p, c).numpy()
 
 
 def _luma01(image: np.ndarray) -> np.ndarray:
@@ -131,17 +130,15 @@ def _luma01(image: np.ndarray) -> np.ndarray:
     return y / 255.0 if image.dtype == np.uint8 else y
 
 
-def select_group(frames: torch.Tensor, previous: torch.Tensor | None, settings: dict, norm: dict, unit_px: int):
+def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, settings: dict, unit_px: int):
     """Core selection for one temporal patch.
 
     Args:
-        frames: (T, C, H, W) normalised frames of this temporal patch.
-        previous: the previous temporal patch's frames, or None.
+        images: (H, W, C) scoring images of this temporal patch's distinct frames.
+        previous: the previous temporal patch's scoring images, or None.
     Returns:
         the :class:`entropy_prune.Selection` on the unit grid.
     """
-    images = [scoring_image(frames[0], norm)]
-    images += [scoring_image(f, norm) for f in frames[1:] if not torch.equal(f, frames[0])]
     score = default_score(settings["patch_selection_method"]) if settings["score"] is None else settings["score"]
     kw = dict(patch_size=unit_px, num_scales=settings["num_scales"])
     levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], score, **kw).levels]
@@ -150,7 +147,7 @@ def select_group(frames: torch.Tensor, previous: torch.Tensor | None, settings: 
     tau = settings["temporal_threshold"]
     if tau is not None and previous is not None:
         now = np.mean([_luma01(x) for x in images], axis=0)
-        before = np.mean([_luma01(scoring_image(f, norm)) for f in previous], axis=0)
+        before = np.mean([_luma01(x) for x in previous], axis=0)
         diff = torch.from_numpy(np.abs(now - before).astype(np.float64))[None, None]
         for k in range(len(levels)):
             change = F.avg_pool2d(diff, unit_px << k)[0, 0].numpy()[: levels[k].shape[0], : levels[k].shape[1]]
@@ -159,14 +156,37 @@ def select_group(frames: torch.Tensor, previous: torch.Tensor | None, settings: 
     return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
 
 
+def coarse_rows(units: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, frames: int) -> torch.Tensor:
+    """Rows of coarse regions: each b x b block of units area-averaged by b down to one unit.
+
+    Args:
+        units: (hu, wu, m, m, C, F, p, p) normalised pixels of one temporal patch; with
+            ``frames=1`` the F frames are known to be copies and only the first is averaged.
+        r, c: (K,) top-left unit of each region, in units.
+        b: region side in units.
+    Returns:
+        (K, m*m, C*F*p*p) unit rows in the processor's layout.
+    """
+    hu, wu, m, _, ch, tp, p, _ = units.shape
+    k = len(r)
+    step = torch.arange(b)
+    src = units[:, :, :, :, :, :frames]
+    blocks = src[(r[:, None] + step)[:, :, None], (c[:, None] + step)[:, None, :]]  # (K, b, b, m, m, C, f, p, p)
+    x = blocks.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(k * frames, ch, b * m * p, b * m * p)
+    x = F.avg_pool2d(x, kernel_size=b, stride=b).reshape(k, frames, ch, m, p, m, p)
+    x = x.permute(0, 3, 5, 2, 1, 4, 6)  # (K, m, m, C, f, p, p)
+    return x.expand(k, m, m, ch, tp, p, p).reshape(k, m * m, ch * tp * p * p)
+
+
 def prune_item(
-    rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int
+    rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int, still: bool
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Prune one image's or video's patch rows.
 
     Args:
         rows: (t*h*w, C*T*p*p) rows of one item, order [t][unit_row][unit_col][mh][mw].
         grid: (t, h, w) in patches.
+        still: the T frames of every row are copies (an image): score and average one of them.
     Returns:
         kept rows ((num_kept * m*m, C*T*p*p)) and regions int64 (num_kept, 4): (level, t, row, col).
     """
@@ -174,34 +194,38 @@ def prune_item(
     hu, wu = h // m, w // m
     d = rows.shape[1]
     c = d // (tp * p * p)
-    units = rows.reshape(t, hu, wu, m * m, d)
-    frames = rows.reshape(t, hu, wu, m, m, c, tp, p, p).permute(0, 6, 5, 1, 3, 7, 2, 4, 8)
-    frames = frames.reshape(t, tp, c, hu * m * p, wu * m * p)
-    kept_rows, kept_regions = [], []
+    rows = rows.contiguous()
+    units = rows.view(t, hu, wu, m, m, c, tp, p, p)
+    unit_rows = rows.view(t, hu, wu, m * m, d)
+    kept_rows, kept_regions, previous = [], [], None
     for ti in range(t):
-        sel = select_group(frames[ti], frames[ti - 1] if ti else None, settings, norm, m * p)
+        frames = [units[ti, ..., 0, :, :]]
+        if not still:
+            frames += [units[ti, ..., f, :, :] for f in range(1, tp) if not torch.equal(units[ti, ..., f, :, :], frames[0])]
+        images = [scoring_image(f, norm) for f in frames]
+        sel = select_group(images, previous, settings, m * p)
+        previous = images
         regions = np.asarray(sel.regions, dtype=np.int64)
         out = rows.new_empty((len(regions), m * m, d))
         for level in np.unique(regions[:, 0]):
             pick = np.nonzero(regions[:, 0] == level)[0]
             b = 1 << (int(level) - 1)
-            r = torch.from_numpy(regions[pick, 1] // b)
-            cc = torch.from_numpy(regions[pick, 2] // b)
+            r = torch.from_numpy(regions[pick, 1])
+            cc = torch.from_numpy(regions[pick, 2])
             if b == 1:
-                out[pick] = units[ti, r, cc]
+                out[pick] = unit_rows[ti, r, cc]
             else:
-                coarse = F.avg_pool2d(frames[ti], kernel_size=b, stride=b)
-                coarse = coarse[..., : (hu // b) * m * p, : (wu // b) * m * p]
-                out[pick] = _patchify(coarse, m, p)[r, cc]
+                out[pick] = coarse_rows(units[ti], r, cc, b, 1 if len(frames) == 1 else tp)
         kept_rows.append(out.reshape(-1, d))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return torch.cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
-def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict) -> BatchFeature:
+def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict, still: bool) -> BatchFeature:
     """Stock (image or video) processor output -> pruned pixel rows, full grid, kept-regions tensor.
 
-    ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments.
+    ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments;
+    ``still``: images, whose temporal frames are copies.
     """
     pixel_key, grid_key, regions_key = keys
     pixel_values, grids = output[pixel_key], output[grid_key]
@@ -213,7 +237,7 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):
         n = grid[0] * grid[1] * grid[2]
-        rows, regions = prune_item(pv[start : start + n], grid, settings, norm, *geometry)
+        rows, regions = prune_item(pv[start : start + n], grid, settings, norm, *geometry, still)
         start += n
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
@@ -233,6 +257,7 @@ class PruningMixin:
     """
 
     keys: tuple[str, str, str]  # (pixel key, grid key, regions key)
+    still: bool  # every row's temporal frames are copies of one image
     patch_selection_method = SETTINGS["patch_selection_method"]
     alpha = SETTINGS["alpha"]
     thresholds = SETTINGS["thresholds"]
@@ -259,15 +284,17 @@ class PruningMixin:
         if is_none_method(settings["patch_selection_method"]):
             return output
         check_settings(settings)
-        return prune_batch(output, self.keys, settings, kwargs)
+        return prune_batch(output, self.keys, settings, kwargs, self.still)
 
 
 class PruningImageProcessorMixin(PruningMixin):
     keys = ("pixel_values", "image_grid_thw", REGIONS_KEY)
+    still = True  # the stock image processor repeats the image over the temporal patch
 
 
 class PruningVideoProcessorMixin(PruningMixin):
     keys = ("pixel_values_videos", "video_grid_thw", VIDEO_REGIONS_KEY)
+    still = False
 
 
 def _with_counts(stock: str, token: str, counts: list[int]) -> str:
