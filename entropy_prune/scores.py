@@ -8,7 +8,9 @@ base cells, so a coarse map has ``(H // p) // 2^(k-1)`` rows and ``(W // p) // 2
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,31 @@ def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: 
     k = check_int("num_scales", num_scales, 1)
     arr = check_image(image, channels_first)
     return arr, p, k
+
+
+_POOL: ThreadPoolExecutor | None = None
+BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
+
+
+def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
+    """Apply ``fn`` (image -> list of maps) to horizontal bands of whole coarsest-level blocks
+    (cache-sized; in parallel threads where several cores are available, numpy releasing the
+    GIL) and stack the maps. Cells never straddle a band, so the numbers are those of one call
+    on the whole image."""
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    block = p << (num_scales - 1)
+    band = block * -(-BAND_CELLS // (1 << (num_scales - 1)))
+    starts = range(0, arr.shape[0], band)
+    if len(starts) < 2:
+        return fn(arr)
+    if workers < 2:
+        parts = [fn(arr[y:y + band]) for y in starts]
+    else:
+        global _POOL
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="entropy_prune")
+        parts = list(_POOL.map(lambda y: fn(arr[y:y + band]), starts))
+    return [np.concatenate([part[k] for part in parts]) for k in range(num_scales)]
 
 
 def _batched(arr: np.ndarray, fn, num_scales: int) -> list[np.ndarray]:
@@ -200,7 +227,8 @@ def detail_maps(
     means at f/2 px minus block means at f px). dSS is additive, so splitting in descending
     score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
     deviation of the cell from its mean (the standard deviation for a whole cell). Gray is
-    BT.601 luma scaled to [0, 255]; scores below 1e-6 gray levels (float rounding) are 0.
+    BT.601 luma scaled to [0, 255]; scores below 1e-6 gray levels (float rounding) are 0. Runs
+    on horizontal bands of whole coarsest blocks, in threads where several cores are available.
 
     Args:
         image: (..., H, W) or (..., H, W, C), C in {1, 3, 4}; numpy or torch.
@@ -212,7 +240,7 @@ def detail_maps(
         ScoreMaps: level k is (..., rows_k, cols_k) float64 >= 0 gray levels, like the input.
     """
     arr, p, k = _check_common(image, patch_size, num_scales, channels_first)
-    maps = _batched(arr, lambda x: _detail_one(x, p, k), k)
+    maps = _batched(arr, lambda x: _banded(x, lambda band: _detail_one(band, p, k), p, k), k)
     return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "detail")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 from typing import Any, TypedDict
 
 import numpy as np
@@ -33,6 +34,8 @@ from transformers.processing_utils import ProcessorMixin
 from ..scores import score_maps
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
+
+_CAPTURE = threading.local()  # per thread: normalised images seen by patchify during one call
 
 REGIONS_KEY = "image_kept_regions"
 """Processor output key: int64 (num_kept, 5) rows (image, level, t, row, col), row/col of the
@@ -94,39 +97,39 @@ def check_settings(settings: dict) -> None:
 
 
 def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
-    """Normalised pixels of one frame in unit-row layout -> (H, W, C) image for the core scores.
+    """Normalised (C, H, W) pixels of one frame -> (C, H, W) image for the core scores.
 
-    Args:
-        frame: (hu, wu, m, m, C, p, p) normalised float pixels (a view into the patch rows).
-    Returns:
-        (hu*m*p, wu*m*p, C): uint8 when rescaling was 8-bit (factor 1/255): the resized image was
-        uint8 and undoing normalisation in float32 lands within 1e-2 of integers (float32
-        round-off is ~1e-4 here, far below 0.5), so rounding recovers it exactly. Otherwise a
-        [0, 1] float image, clipped because bicubic resizing of float inputs can overshoot
-        (scores then see saturated values).
+    Returns uint8 when rescaling was 8-bit (factor 1/255): the resized image was uint8 and
+    undoing normalisation in float32 lands within 1e-2 of integers (float32 round-off is ~1e-4
+    here, far below 0.5), so rounding recovers it exactly. Otherwise a [0, 1] float image,
+    clipped because bicubic resizing of float inputs can overshoot (scores then see saturated
+    values).
     """
-    hu, wu, m, _, c, p, _ = frame.shape
     scale = float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0
+    shape = (-1,) + (1,) * (frame.ndim - 1)
     if norm["do_normalize"]:
-        mean = torch.as_tensor(norm["image_mean"], dtype=torch.float32).reshape(-1, 1, 1)
-        std = torch.as_tensor(norm["image_std"], dtype=torch.float32).reshape(-1, 1, 1)
+        mean = torch.as_tensor(norm["image_mean"], dtype=torch.float32).reshape(shape)
+        std = torch.as_tensor(norm["image_std"], dtype=torch.float32).reshape(shape)
         x = torch.addcmul(mean / scale, frame.to("cpu", torch.float32), std / scale)
     else:
         x = frame.to("cpu", torch.float32) / scale
     if norm["do_rescale"] and abs(scale * 255.0 - 1.0) < 1e-9:
         r = x.round()
         if float(x.sub_(r).abs_().max()) < 1e-2 and float(r.min()) >= 0 and float(r.max()) <= 255:
-            image = r.to(torch.uint8)
-        else:
-            image = (x.add_(r) * scale).clamp_(0.0, 1.0)
-    else:
-        image = (x * scale).clamp_(0.0, 1.0)
-    return image.permute(0, 2, 5, 1, 3, 6, 4).reshape(hu * m * p, wu * m * p, c).numpy()
+            return r.to(torch.uint8).numpy()
+        x.add_(r)
+    return (x * scale).clamp_(0.0, 1.0).numpy()
+
+
+def _unit_frame(units: torch.Tensor, f: int) -> torch.Tensor:
+    """(hu, wu, m, m, C, T, p, p) unit pixels -> frame f as a (C, H, W) view."""
+    hu, wu, m, _, c, _, p, _ = units.shape
+    return units[..., f, :, :].permute(4, 0, 2, 5, 1, 3, 6).reshape(c, hu * m * p, wu * m * p)
 
 
 def _luma01(image: np.ndarray) -> np.ndarray:
-    """(H, W) BT.601 luma in [0, 1] of an (H, W, 3) scoring image (uint8 or [0, 1] float)."""
-    y = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    """(H, W) BT.601 luma in [0, 1] of a (3, H, W) scoring image (uint8 or [0, 1] float)."""
+    y = np.tensordot(np.array([0.299, 0.587, 0.114]), image.astype(np.float64), axes=1)
     return y / 255.0 if image.dtype == np.uint8 else y
 
 
@@ -134,13 +137,13 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     """Core selection for one temporal patch.
 
     Args:
-        images: (H, W, C) scoring images of this temporal patch's distinct frames.
+        images: (C, H, W) scoring images of this temporal patch's distinct frames.
         previous: the previous temporal patch's scoring images, or None.
     Returns:
         the :class:`entropy_prune.Selection` on the unit grid.
     """
     score = default_score(settings["patch_selection_method"]) if settings["score"] is None else settings["score"]
-    kw = dict(patch_size=unit_px, num_scales=settings["num_scales"])
+    kw = dict(patch_size=unit_px, num_scales=settings["num_scales"], channels_first=True)
     levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], score, **kw).levels]
     for image in images[1:]:
         levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, score, **kw).levels)]
@@ -156,37 +159,35 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
 
 
-def coarse_rows(units: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, frames: int) -> torch.Tensor:
+def coarse_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, m: int, p: int, tp: int) -> torch.Tensor:
     """Rows of coarse regions: each b x b block of units area-averaged by b down to one unit.
 
     Args:
-        units: (hu, wu, m, m, C, F, p, p) normalised pixels of one temporal patch; with
-            ``frames=1`` the F frames are known to be copies and only the first is averaged.
-        r, c: (K,) top-left unit of each region, in units.
+        frames: (F, C, H, W) normalised frames of one temporal patch; F = 1 stands for tp copies.
+        r, c: (K,) top-left unit of each region, in units (multiples of b).
         b: region side in units.
     Returns:
-        (K, m*m, C*F*p*p) unit rows in the processor's layout.
+        (K, m*m, C*tp*p*p) unit rows in the processor's layout.
     """
-    hu, wu, m, _, ch, tp, p, _ = units.shape
-    k = len(r)
-    step = torch.arange(b)
-    src = units[:, :, :, :, :, :frames]
-    blocks = src[(r[:, None] + step)[:, :, None], (c[:, None] + step)[:, None, :]]  # (K, b, b, m, m, C, f, p, p)
-    x = blocks.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(k * frames, ch, b * m * p, b * m * p)
-    x = F.avg_pool2d(x, kernel_size=b, stride=b).reshape(k, frames, ch, m, p, m, p)
-    x = x.permute(0, 3, 5, 2, 1, 4, 6)  # (K, m, m, C, f, p, p)
-    return x.expand(k, m, m, ch, tp, p, p).reshape(k, m * m, ch * tp * p * p)
+    f, ch, h, w = frames.shape
+    hb, wb = h // (m * p * b), w // (m * p * b)
+    pooled = F.avg_pool2d(frames[..., : hb * b * m * p, : wb * b * m * p], kernel_size=b, stride=b)
+    units = pooled.reshape(f, ch, hb, m, p, wb, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # (hb, wb, m, m, C, F, p, p)
+    picked = units[r // b, c // b]
+    return picked.expand(len(r), m, m, ch, tp, p, p).reshape(len(r), m * m, ch * tp * p * p)
 
 
 def prune_item(
-    rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int, still: bool
+    rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int,
+    still: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Prune one image's or video's patch rows.
 
     Args:
         rows: (t*h*w, C*T*p*p) rows of one item, order [t][unit_row][unit_col][mh][mw].
         grid: (t, h, w) in patches.
-        still: the T frames of every row are copies (an image): score and average one of them.
+        still: for an image, the normalised (C, H, W) frame the rows were cut from (the T frames
+            of every row are copies of it): scored and averaged directly.
     Returns:
         kept rows ((num_kept * m*m, C*T*p*p)) and regions int64 (num_kept, 4): (level, t, row, col).
     """
@@ -195,13 +196,16 @@ def prune_item(
     d = rows.shape[1]
     c = d // (tp * p * p)
     rows = rows.contiguous()
-    units = rows.view(t, hu, wu, m, m, c, tp, p, p)
     unit_rows = rows.view(t, hu, wu, m * m, d)
+    units = rows.view(t, hu, wu, m, m, c, tp, p, p)
     kept_rows, kept_regions, previous = [], [], None
     for ti in range(t):
-        frames = [units[ti, ..., 0, :, :]]
-        if not still:
-            frames += [units[ti, ..., f, :, :] for f in range(1, tp) if not torch.equal(units[ti, ..., f, :, :], frames[0])]
+        if still is not None:
+            frames = still[None]
+        else:
+            frames = [_unit_frame(units[ti], 0)]
+            frames += [f for f in (_unit_frame(units[ti], i) for i in range(1, tp)) if not torch.equal(f, frames[0])]
+            frames = torch.stack(frames)
         images = [scoring_image(f, norm) for f in frames]
         sel = select_group(images, previous, settings, m * p)
         previous = images
@@ -209,23 +213,24 @@ def prune_item(
         out = rows.new_empty((len(regions), m * m, d))
         for level in np.unique(regions[:, 0]):
             pick = np.nonzero(regions[:, 0] == level)[0]
-            b = 1 << (int(level) - 1)
             r = torch.from_numpy(regions[pick, 1])
             cc = torch.from_numpy(regions[pick, 2])
-            if b == 1:
+            if level == 1:
                 out[pick] = unit_rows[ti, r, cc]
             else:
-                out[pick] = coarse_rows(units[ti], r, cc, b, 1 if len(frames) == 1 else tp)
+                out[pick] = coarse_rows(frames, r, cc, 1 << (int(level) - 1), m, p, tp).to(rows.dtype)
         kept_rows.append(out.reshape(-1, d))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return torch.cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
-def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict, still: bool) -> BatchFeature:
+def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict,
+                stills: list[torch.Tensor] | None) -> BatchFeature:
     """Stock (image or video) processor output -> pruned pixel rows, full grid, kept-regions tensor.
 
     ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments;
-    ``still``: images, whose temporal frames are copies.
+    ``stills``: for images, the normalised (C, H, W) images handed to ``patchify``, in any order
+    (matched to items by size, in order within a size: both backends keep that order).
     """
     pixel_key, grid_key, regions_key = keys
     pixel_values, grids = output[pixel_key], output[grid_key]
@@ -234,9 +239,14 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     as_numpy = isinstance(pixel_values, np.ndarray)
     pv = torch.as_tensor(pixel_values)
     grid_list = [tuple(int(v) for v in g) for g in torch.as_tensor(grids).tolist()]
+    by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for frame in stills or []:
+        by_size.setdefault(tuple(frame.shape[-2:]), []).append(frame)
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):
         n = grid[0] * grid[1] * grid[2]
+        queue = by_size.get((grid[1] * geometry[0], grid[2] * geometry[0]))
+        still = queue.pop(0) if stills is not None and grid[0] == 1 and queue else None
         rows, regions = prune_item(pv[start : start + n], grid, settings, norm, *geometry, still)
         start += n
         rows_out.append(rows)
@@ -257,7 +267,7 @@ class PruningMixin:
     """
 
     keys: tuple[str, str, str]  # (pixel key, grid key, regions key)
-    still: bool  # every row's temporal frames are copies of one image
+    still: bool  # every row's temporal frames are copies of one image, captured in patchify
     patch_selection_method = SETTINGS["patch_selection_method"]
     alpha = SETTINGS["alpha"]
     thresholds = SETTINGS["thresholds"]
@@ -280,16 +290,30 @@ class PruningMixin:
 
     def _preprocess(self, *args, **kwargs):
         settings = {k: kwargs.pop(k, getattr(self, k)) for k in SETTINGS}
-        output = super()._preprocess(*args, **kwargs)
         if is_none_method(settings["patch_selection_method"]):
-            return output
+            return super()._preprocess(*args, **kwargs)
         check_settings(settings)
-        return prune_batch(output, self.keys, settings, kwargs, self.still)
+        _CAPTURE.frames = [] if self.still else None
+        try:
+            output = super()._preprocess(*args, **kwargs)
+            stills = _CAPTURE.frames
+        finally:
+            _CAPTURE.frames = None
+        return prune_batch(output, self.keys, settings, kwargs, stills)
 
 
 class PruningImageProcessorMixin(PruningMixin):
     keys = ("pixel_values", "image_grid_thw", REGIONS_KEY)
     still = True  # the stock image processor repeats the image over the temporal patch
+
+    def patchify(self, images, *args, **kwargs):
+        """Stock patchify; while pruning, also keeps the normalised (C, H, W) images it cuts
+        (torchvision: a (B, C, H, W) group; PIL: one image) for scoring and averaging."""
+        frames = getattr(_CAPTURE, "frames", None)
+        if frames is not None:
+            batch = torch.as_tensor(np.asarray(images, dtype=np.float32) if isinstance(images, np.ndarray) else images)
+            frames.extend(x.contiguous() for x in (batch.unbind(0) if batch.ndim == 4 else [batch]))
+        return super().patchify(images, *args, **kwargs)
 
 
 class PruningVideoProcessorMixin(PruningMixin):
