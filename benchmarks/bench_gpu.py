@@ -121,46 +121,18 @@ def first_token_logits(model, inputs) -> torch.Tensor:
         return model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU, small images: a smoke test")
     parser.add_argument("--models", nargs="+", choices=["2b", "7b"], default=["2b", "7b"])
-    parser.add_argument("--sizes", type=positive_float, nargs="+", help="image sizes in megapixels (default 1 4; --tiny: 0.05 0.1)")
-    parser.add_argument("--alphas", type=unit_float, nargs="+", default=[0.5, 0.3, 0.2], help="budget alphas")
+    parser.add_argument("--sizes", type=setup.positive_float, nargs="+", help="image sizes in megapixels (default 1 4; --tiny: 0.05 0.1)")
+    parser.add_argument("--alphas", type=setup.unit_float, nargs="+", default=[0.5, 0.3, 0.2], help="budget alphas")
     parser.add_argument("--mode", choices=["multiscale", "drop"], default="multiscale")
     parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
     parser.add_argument("--backend", choices=["pil", "torchvision"], default="torchvision", help="image processor backend")
-    parser.add_argument("--repeats", type=positive_int, default=10, help="timed forwards per row")
-    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed forwards before them")
-    parser.add_argument("--proc-repeats", type=positive_int, default=5, help="timed processor calls per setting")
+    parser.add_argument("--repeats", type=setup.positive_int, default=10, help="timed forwards per row")
+    parser.add_argument("--warmup", type=setup.non_negative_int, default=3, help="untimed forwards before them")
+    parser.add_argument("--proc-repeats", type=setup.positive_int, default=5, help="timed processor calls per setting")
     parser.add_argument("--device", help="torch device (default: cuda; --tiny: cpu)")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))

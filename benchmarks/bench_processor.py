@@ -23,20 +23,6 @@ import torch
 from entropy_prune.qwen import REGIONS_KEY, wrap_processor
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def image_tokens(output) -> tuple[int, int]:
     """(tokens before pruning = full grid units, tokens after = image placeholders in input_ids)."""
     before = int(output["image_grid_thw"].prod(-1).sum()) // 4
@@ -82,11 +68,11 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=positive_float, nargs="+", default=[1.0, 4.0], help="image sizes in megapixels")
+    parser.add_argument("--sizes", type=setup.positive_float, nargs="+", default=[1.0, 4.0], help="image sizes in megapixels")
     parser.add_argument("--backends", nargs="+", choices=["pil", "torchvision"], default=["pil", "torchvision"])
     parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
-    parser.add_argument("--alpha", type=positive_float, default=0.3, help="budget alpha (0 < alpha <= 1)")
-    parser.add_argument("--repeats", type=positive_int, default=30, help="timed stock/wrapped pairs per row")
+    parser.add_argument("--alpha", type=setup.unit_float, default=0.3, help="budget alpha (0 < alpha <= 1)")
+    parser.add_argument("--repeats", type=setup.positive_int, default=30, help="timed stock/wrapped pairs per row")
     args = parser.parse_args(argv)
     if args.alpha > 1:
         parser.error(f"--alpha must be in (0, 1], got {args.alpha}")
