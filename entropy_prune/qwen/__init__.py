@@ -14,7 +14,25 @@ int64 (num_kept, 5) (item, level, t, row, col) in merge-unit coordinates; the pi
 merge_size^2 rows per kept region and each item gets one placeholder token per kept region.
 """
 
-from .modeling import patch_model, prepare_inputs, unpatch_model
-from .processing import REGIONS_KEY, SETTINGS, VIDEO_REGIONS_KEY, wrap_processor
+try:
+    import torch  # noqa: F401
+    import transformers
+except ImportError as err:  # the core needs neither; say how to get the adapter's extra
+    raise ImportError(
+        "entropy_prune.qwen needs torch and transformers==5.23.0: pip install 'entropy-prune[qwen]'"
+    ) from err
+
+TESTED_TRANSFORMERS = "5.23.0"
+if transformers.__version__ != TESTED_TRANSFORMERS:
+    import warnings
+
+    warnings.warn(
+        f"entropy_prune.qwen is tested with transformers {TESTED_TRANSFORMERS} only; found "
+        f"{transformers.__version__}. Check token counts and keep-all outputs before relying on it.",
+        stacklevel=2,
+    )
+
+from .modeling import patch_model, prepare_inputs, unpatch_model  # noqa: E402
+from .processing import REGIONS_KEY, SETTINGS, VIDEO_REGIONS_KEY, wrap_processor  # noqa: E402
 
 __all__ = ["REGIONS_KEY", "SETTINGS", "VIDEO_REGIONS_KEY", "patch_model", "prepare_inputs", "unpatch_model", "wrap_processor"]
