@@ -35,7 +35,8 @@ from ..scores import score_maps
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
 
-_CAPTURE = threading.local()  # per thread: normalised images seen by patchify during one call
+_CAPTURE = threading.local()  # per thread, during one pruning call: images seen before
+# normalisation (``raw``) and by patchify (``frames``), in the same order
 
 REGIONS_KEY = "image_kept_regions"
 """Processor output key: int64 (num_kept, 5) rows (image, level, t, row, col), row/col of the
@@ -121,6 +122,15 @@ def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
     return (x * scale).clamp_(0.0, 1.0).numpy()
 
 
+def raw_image(raw: torch.Tensor, norm: dict) -> np.ndarray:
+    """Resized (C, H, W) image before rescaling -> image for the core scores: uint8 as it is,
+    other dtypes rescaled to [0, 1] and clipped (bicubic resizing can overshoot)."""
+    if raw.dtype == torch.uint8:
+        return raw.numpy()
+    x = raw.to(torch.float32) * (float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0)
+    return x.clamp_(0.0, 1.0).numpy()
+
+
 def _unit_frame(units: torch.Tensor, f: int) -> torch.Tensor:
     """(hu, wu, m, m, C, T, p, p) unit pixels -> frame f as a (C, H, W) view."""
     hu, wu, m, _, c, _, p, _ = units.shape
@@ -159,8 +169,9 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
 
 
-def coarse_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, m: int, p: int, tp: int) -> torch.Tensor:
-    """Rows of coarse regions: each b x b block of units area-averaged by b down to one unit.
+def region_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, m: int, p: int, tp: int) -> torch.Tensor:
+    """Rows of regions: each b x b block of units area-averaged by b down to one unit (b = 1:
+    the unit as it is, the same values the stock patchify writes).
 
     Args:
         frames: (F, C, H, W) normalised frames of one temporal patch; F = 1 stands for tp copies.
@@ -171,33 +182,40 @@ def coarse_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, 
     """
     f, ch, h, w = frames.shape
     hb, wb = h // (m * p * b), w // (m * p * b)
-    pooled = F.avg_pool2d(frames[..., : hb * b * m * p, : wb * b * m * p], kernel_size=b, stride=b)
+    pooled = frames[..., : hb * b * m * p, : wb * b * m * p]
+    if b > 1:
+        pooled = F.avg_pool2d(pooled, kernel_size=b, stride=b)
     units = pooled.reshape(f, ch, hb, m, p, wb, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # (hb, wb, m, m, C, F, p, p)
     picked = units[r // b, c // b]
     return picked.expand(len(r), m, m, ch, tp, p, p).reshape(len(r), m * m, ch * tp * p * p)
 
 
 def prune_item(
-    rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int,
-    still: torch.Tensor | None = None,
+    rows: torch.Tensor | None, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int,
+    still: torch.Tensor | None = None, raw: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Prune one image's or video's patch rows.
 
     Args:
-        rows: (t*h*w, C*T*p*p) rows of one item, order [t][unit_row][unit_col][mh][mw].
+        rows: (t*h*w, C*T*p*p) rows of one item, order [t][unit_row][unit_col][mh][mw]; None
+            for an image given as ``still``.
         grid: (t, h, w) in patches.
-        still: for an image, the normalised (C, H, W) frame the rows were cut from (the T frames
-            of every row are copies of it): scored and averaged directly.
+        still: an image's normalised (C, H, W) frame (what the stock patchify would cut into
+            rows with T copies of each patch): averaged and cut directly.
+        raw: the same image before rescaling and normalisation, (C, H, W): scored as it is
+            (else ``still`` is scored through :func:`scoring_image`).
     Returns:
         kept rows ((num_kept * m*m, C*T*p*p)) and regions int64 (num_kept, 4): (level, t, row, col).
     """
     t, h, w = grid
     hu, wu = h // m, w // m
-    d = rows.shape[1]
-    c = d // (tp * p * p)
-    rows = rows.contiguous()
-    unit_rows = rows.view(t, hu, wu, m * m, d)
-    units = rows.view(t, hu, wu, m, m, c, tp, p, p)
+    if still is None:
+        d = rows.shape[1]
+        rows = rows.contiguous()
+        unit_rows = rows.view(t, hu, wu, m * m, d)
+        units = rows.view(t, hu, wu, m, m, d // (tp * p * p), tp, p, p)
+    else:
+        d = still.shape[0] * tp * p * p
     kept_rows, kept_regions, previous = [], [], None
     for ti in range(t):
         if still is not None:
@@ -206,31 +224,33 @@ def prune_item(
             frames = [_unit_frame(units[ti], 0)]
             frames += [f for f in (_unit_frame(units[ti], i) for i in range(1, tp)) if not torch.equal(f, frames[0])]
             frames = torch.stack(frames)
-        images = [scoring_image(f, norm) for f in frames]
+        images = [raw_image(raw, norm)] if raw is not None else [scoring_image(f, norm) for f in frames]
         sel = select_group(images, previous, settings, m * p)
         previous = images
         regions = np.asarray(sel.regions, dtype=np.int64)
-        out = rows.new_empty((len(regions), m * m, d))
+        out = frames.new_empty((len(regions), m * m, d))
         for level in np.unique(regions[:, 0]):
             pick = np.nonzero(regions[:, 0] == level)[0]
             r = torch.from_numpy(regions[pick, 1])
             cc = torch.from_numpy(regions[pick, 2])
-            if level == 1:
+            if level == 1 and still is None:
                 out[pick] = unit_rows[ti, r, cc]
             else:
-                out[pick] = coarse_rows(frames, r, cc, 1 << (int(level) - 1), m, p, tp).to(rows.dtype)
+                out[pick] = region_rows(frames, r, cc, 1 << (int(level) - 1), m, p, tp)
         kept_rows.append(out.reshape(-1, d))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return torch.cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
 def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict,
-                stills: list[torch.Tensor] | None) -> BatchFeature:
+                stills: list[torch.Tensor] | None, raws: list[torch.Tensor] | None = None) -> BatchFeature:
     """Stock (image or video) processor output -> pruned pixel rows, full grid, kept-regions tensor.
 
     ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments;
     ``stills``: for images, the normalised (C, H, W) images handed to ``patchify``, in any order
-    (matched to items by size, in order within a size: both backends keep that order).
+    (matched to items by size, in order within a size: both backends keep that order); their
+    rows are not in the stock output (``patchify`` skipped cutting them) and are cut here.
+    ``raws``: the same images before normalisation, in the same order, when all were seen.
     """
     pixel_key, grid_key, regions_key = keys
     pixel_values, grids = output[pixel_key], output[grid_key]
@@ -240,14 +260,19 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     pv = torch.as_tensor(pixel_values)
     grid_list = [tuple(int(v) for v in g) for g in torch.as_tensor(grids).tolist()]
     by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for frame in stills or []:
-        by_size.setdefault(tuple(frame.shape[-2:]), []).append(frame)
+    paired = raws if raws is not None and stills is not None and len(raws) == len(stills) else [None] * len(stills or [])
+    for frame, raw in zip(stills or [], paired):
+        by_size.setdefault(tuple(frame.shape[-2:]), []).append((frame, raw))
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):
-        n = grid[0] * grid[1] * grid[2]
-        queue = by_size.get((grid[1] * geometry[0], grid[2] * geometry[0]))
-        still = queue.pop(0) if stills is not None and grid[0] == 1 and queue else None
-        rows, regions = prune_item(pv[start : start + n], grid, settings, norm, *geometry, still)
+        if stills is None:
+            n, still, raw = grid[0] * grid[1] * grid[2], None, None
+        else:
+            queue = by_size.get((grid[1] * geometry[0], grid[2] * geometry[0]))
+            if not queue:
+                raise RuntimeError(f"no image of {grid[1:]} patches went through patchify for item {i}")
+            n, (still, raw) = 0, queue.pop(0)
+        rows, regions = prune_item(pv[start : start + n] if n else None, grid, settings, norm, *geometry, still, raw)
         start += n
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
@@ -293,27 +318,49 @@ class PruningMixin:
         if is_none_method(settings["patch_selection_method"]):
             return super()._preprocess(*args, **kwargs)
         check_settings(settings)
-        _CAPTURE.frames = [] if self.still else None
+        _CAPTURE.frames, _CAPTURE.raw = ([], []) if self.still else (None, None)
         try:
             output = super()._preprocess(*args, **kwargs)
-            stills = _CAPTURE.frames
+            stills, raws = _CAPTURE.frames, _CAPTURE.raw
         finally:
-            _CAPTURE.frames = None
-        return prune_batch(output, self.keys, settings, kwargs, stills)
+            _CAPTURE.frames = _CAPTURE.raw = None
+        return prune_batch(output, self.keys, settings, kwargs, stills, raws)
 
 
 class PruningImageProcessorMixin(PruningMixin):
     keys = ("pixel_values", "image_grid_thw", REGIONS_KEY)
     still = True  # the stock image processor repeats the image over the temporal patch
 
-    def patchify(self, images, *args, **kwargs):
-        """Stock patchify; while pruning, also keeps the normalised (C, H, W) images it cuts
-        (torchvision: a (B, C, H, W) group; PIL: one image) for scoring and averaging."""
+    def rescale_and_normalize(self, images, *args, **kwargs):
+        """Stock (torchvision backend); while pruning, keeps the (B, C, H, W) resized images."""
+        raw = getattr(_CAPTURE, "raw", None)
+        if raw is not None:
+            raw.extend(images.unbind(0))
+        return super().rescale_and_normalize(images, *args, **kwargs)
+
+    def rescale(self, image, *args, **kwargs):
+        """Stock; while pruning, keeps the PIL backend's resized (C, H, W) numpy image (the
+        torchvision backend's own call from rescale_and_normalize is already kept)."""
+        raw = getattr(_CAPTURE, "raw", None)
+        if raw is not None and isinstance(image, np.ndarray):
+            raw.append(torch.from_numpy(image))
+        return super().rescale(image, *args, **kwargs)
+
+    def patchify(self, images, patch_size: int, merge_size: int, temporal_patch_size: int):
+        """Stock patchify, except while pruning: then the normalised (C, H, W) images (torchvision:
+        a (B, C, H, W) group; PIL: one image) are kept for scoring, and only the rows of kept
+        regions are cut later (``prune_batch``), so no rows are returned here; the grid is."""
         frames = getattr(_CAPTURE, "frames", None)
-        if frames is not None:
-            batch = torch.as_tensor(np.asarray(images, dtype=np.float32) if isinstance(images, np.ndarray) else images)
-            frames.extend(x.contiguous() for x in (batch.unbind(0) if batch.ndim == 4 else [batch]))
-        return super().patchify(images, *args, **kwargs)
+        if frames is None:
+            return super().patchify(images, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal_patch_size)
+        numpy_in = isinstance(images, np.ndarray)
+        batch = torch.as_tensor(np.asarray(images, dtype=np.float32)) if numpy_in else images
+        group = batch if batch.ndim == 4 else batch[None]
+        frames.extend(x.contiguous() for x in group.unbind(0))
+        b, c, h, w = group.shape
+        d = c * temporal_patch_size * patch_size * patch_size
+        empty = np.empty((0, d), np.float32) if numpy_in else group.new_empty((b, 0, d))
+        return empty, h // patch_size, w // patch_size
 
 
 class PruningVideoProcessorMixin(PruningMixin):
