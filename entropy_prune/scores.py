@@ -179,37 +179,38 @@ def _block_sums(x: np.ndarray, s: int) -> np.ndarray:
     return x.reshape(h // s, s, w // s, s).sum((1, 3))
 
 
-def _rms(squared_error: np.ndarray, p: int) -> np.ndarray:
-    """sqrt(SS / p^2); below 1e-6 gray levels (float rounding of a flat region) it is 0."""
-    score = np.sqrt(np.maximum(squared_error, 0.0) / (p * p))
-    score[score < 1e-6] = 0.0
-    return score
+def _rms(squared_error: np.ndarray, energy: np.ndarray, p: int) -> np.ndarray:
+    """sqrt(SS / p^2) in gray levels; SS at or below 1e-9 of the region's energy (sum of squared
+    values) is float rounding of a flat region and gives 0."""
+    squared_error = np.where(squared_error <= 1e-9 * energy, 0.0, squared_error)
+    return np.sqrt(squared_error / (p * p))
 
 
 def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
-    g = gray(arr).astype(np.float64) * (255.0 / value_range(arr.dtype))
+    g = gray(arr).astype(np.float64)
+    g *= 255.0 / value_range(arr.dtype)
     starts_r, starts_c = np.arange(0, h, p), np.arange(0, w, p)
-    ch, cw = np.minimum(p, h - starts_r), np.minimum(p, w - starts_c)
-    mean = np.add.reduceat(np.add.reduceat(g, starts_r, 0), starts_c, 1) / np.outer(ch, cw)
-    dev = g - np.repeat(np.repeat(mean, ch, 0), cw, 1)
-    maps = [_rms(np.add.reduceat(np.add.reduceat(dev * dev, starts_r, 0), starts_c, 1), p)]
-    del dev
-    # A level-(k+1) region shown as one token holds means over f x f px blocks, f = 2^k; its
-    # four children hold means over f/2 blocks. The squared error this adds, summed over the
-    # region, is sum over f/2-blocks of (f/2)^2 (child-block mean - parent-block mean)^2.
-    # Parent means are exact pairwise averages, so a flat region scores exactly 0.
-    means = g[: (h // p) * p, : (w // p) * p]
+    n = np.outer(np.minimum(p, h - starts_r), np.minimum(p, w - starts_c))
+    s1 = np.add.reduceat(np.add.reduceat(g, starts_r, 0), starts_c, 1)
+    s2 = np.add.reduceat(np.add.reduceat(g * g, starts_r, 0), starts_c, 1)
+    maps = [_rms(s2 - s1 * s1 / n, s2, p)]
+    # Energy of block means E_f = sum over f x f px blocks of (block sum)^2 / f^2. A level-(k+1)
+    # region shown as one token holds means over f = 2^k px blocks, its four children means over
+    # f/2 blocks; the squared error this adds, summed over the region, is E_{f/2} - E_f.
+    fine, sums = s2, g  # fine: E_{f/2} per region of the level below; sums: f/2-block sums
     for k in range(1, num_scales):
         rk, ck = shapes[k]
         if rk == 0 or ck == 0:
             maps.append(np.zeros((rk, ck)))
             continue
-        fine = means[: rk * 2 * p, : ck * 2 * p]
-        means = 0.25 * ((fine[0::2, 0::2] + fine[0::2, 1::2]) + (fine[1::2, 0::2] + fine[1::2, 1::2]))
-        diff = fine - np.repeat(np.repeat(means, 2, 0), 2, 1)
-        maps.append(_rms(_block_sums(diff * diff, 2 * p) * float(1 << (2 * k - 2)), p))
+        f = sums[: rk * 2 * p, : ck * 2 * p]
+        sums = (f[0::2, 0::2] + f[0::2, 1::2]) + (f[1::2, 0::2] + f[1::2, 1::2])
+        coarse = _block_sums(sums * sums, p) / float(1 << (2 * k))
+        fine = _block_sums(fine[: rk * 2, : ck * 2], 2)
+        maps.append(_rms(fine - coarse, fine, p))
+        fine = coarse
     return maps
 
 
@@ -227,7 +228,8 @@ def detail_maps(
     means at f/2 px minus block means at f px). dSS is additive, so splitting in descending
     score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
     deviation of the cell from its mean (the standard deviation for a whole cell). Gray is
-    BT.601 luma scaled to [0, 255]; scores below 1e-6 gray levels (float rounding) are 0. Runs
+    BT.601 luma scaled to [0, 255]; a squared error at or below 1e-9 of the region's energy
+    (float rounding of a flat region) scores 0. Runs
     on horizontal bands of whole coarsest blocks, in threads where several cores are available.
 
     Args:
