@@ -169,24 +169,28 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
 
 
-def region_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, b: int, m: int, p: int, tp: int) -> torch.Tensor:
-    """Rows of regions: each b x b block of units area-averaged by b down to one unit (b = 1:
-    the unit as it is, the same values the stock patchify writes).
+def pool_units(frames: torch.Tensor, unit_px: int) -> torch.Tensor:
+    """Area-average (F, C, H, W) frames by 2 over whole blocks of 2 x 2 units: the frames of the
+    next coarser level (means of 2 x 2 means are means of 4 x 4 pixels)."""
+    block = 2 * unit_px
+    h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
+    return F.avg_pool2d(frames[..., :h, :w], kernel_size=2, stride=2)
+
+
+def region_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
+    """Rows of the units at (r, c) of frames, cut like the stock patchify.
 
     Args:
-        frames: (F, C, H, W) normalised frames of one temporal patch; F = 1 stands for tp copies.
-        r, c: (K,) top-left unit of each region, in units (multiples of b).
-        b: region side in units.
+        frames: (F, C, H, W) normalised frames of one temporal patch at one level (level k:
+            area-averaged by 2^(k-1)); F = 1 stands for tp copies.
+        r, c: (K,) units to cut, in units of this level.
     Returns:
         (K, m*m, C*tp*p*p) unit rows in the processor's layout.
     """
     f, ch, h, w = frames.shape
-    hb, wb = h // (m * p * b), w // (m * p * b)
-    pooled = frames[..., : hb * b * m * p, : wb * b * m * p]
-    if b > 1:
-        pooled = F.avg_pool2d(pooled, kernel_size=b, stride=b)
-    units = pooled.reshape(f, ch, hb, m, p, wb, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # (hb, wb, m, m, C, F, p, p)
-    picked = units[r // b, c // b]
+    hu, wu = h // (m * p), w // (m * p)
+    units = frames[..., : hu * m * p, : wu * m * p].reshape(f, ch, hu, m, p, wu, m, p)
+    picked = units.permute(2, 5, 3, 6, 1, 0, 4, 7)[r, c]  # (K, m, m, C, F, p, p)
     return picked.expand(len(r), m, m, ch, tp, p, p).reshape(len(r), m * m, ch * tp * p * p)
 
 
@@ -229,14 +233,20 @@ def prune_item(
         previous = images
         regions = np.asarray(sel.regions, dtype=np.int64)
         out = frames.new_empty((len(regions), m * m, d))
-        for level in np.unique(regions[:, 0]):
+        level_frames = frames
+        for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
+            if level > 1:
+                level_frames = pool_units(level_frames, m * p)
             pick = np.nonzero(regions[:, 0] == level)[0]
-            r = torch.from_numpy(regions[pick, 1])
-            cc = torch.from_numpy(regions[pick, 2])
+            if not len(pick):
+                continue
+            b = 1 << (level - 1)
+            r = torch.from_numpy(regions[pick, 1] // b)
+            cc = torch.from_numpy(regions[pick, 2] // b)
             if level == 1 and still is None:
                 out[pick] = unit_rows[ti, r, cc]
             else:
-                out[pick] = region_rows(frames, r, cc, 1 << (int(level) - 1), m, p, tp)
+                out[pick] = region_rows(level_frames, r, cc, m, p, tp)
         kept_rows.append(out.reshape(-1, d))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return torch.cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
