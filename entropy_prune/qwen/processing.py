@@ -169,6 +169,11 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat without the copy for a single part (one image: its rows are already new)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def pool_units(frames: torch.Tensor, unit_px: int) -> torch.Tensor:
     """Area-average (F, C, H, W) frames by 2 over whole blocks of 2 x 2 units: the frames of the
     next coarser level (means of 2 x 2 means are means of 4 x 4 pixels)."""
@@ -249,7 +254,7 @@ def prune_item(
                 out[pick] = region_rows(level_frames, r, cc, m, p, tp)
         kept_rows.append(out.reshape(-1, d))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
-    return torch.cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
+    return _cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
 def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict,
@@ -286,7 +291,7 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
         start += n
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
-    pruned = torch.cat(rows_out) if rows_out else pv[:0]
+    pruned = _cat(rows_out) if rows_out else pv[:0]
     regions = np.concatenate(regions_out) if regions_out else np.zeros((0, 5), np.int64)
     data = dict(output.data)
     data[pixel_key] = pruned.numpy() if as_numpy else pruned
