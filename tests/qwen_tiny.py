@@ -156,3 +156,14 @@ def textured_image(h: int, w: int, seed: int) -> np.ndarray:
     r0, c0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
     img[r0 : r0 + h // 2, c0 : c0 + w // 2] = rng.integers(0, 256, (h // 2, w // 2, 3))
     return img.astype(np.uint8)
+
+
+def logits(model, inputs):
+    """Forward logits without gradients."""
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def greedy(model, inputs, **kwargs):
+    """Three greedy (or beam, with num_beams) new tokens."""
+    return model.generate(**inputs, max_new_tokens=3, do_sample=False, **kwargs)

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from qwen_tiny import make_model, make_processor, textured_image  # noqa: E402
+from qwen_tiny import greedy, logits, make_model, make_processor, textured_image  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
 from entropy_prune import select_patches  # noqa: E402
@@ -54,15 +54,6 @@ def texts(processors):
 
 def run(proc, images, texts, **kwargs):
     return proc(images=images, text=texts, return_tensors="pt", padding=True, **kwargs)
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def greedy(model, inputs, **kwargs):
-    return model.generate(**inputs, max_new_tokens=3, do_sample=False, **kwargs)
 
 
 def raw_images(proc, images):

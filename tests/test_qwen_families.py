@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from qwen_tiny import FAMILIES, make_model, make_processor, textured_image  # noqa: E402
+from qwen_tiny import FAMILIES, greedy, logits, make_model, make_processor, textured_image  # noqa: E402
 
 from entropy_prune import select_patches  # noqa: E402
 from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
@@ -59,15 +59,6 @@ def batch(proc, media, **kwargs):
     """Two prompts: [image, odd video, image] and [short video] (2 images + 2 videos, left padded)."""
     images, videos = media
     return run(proc, images, videos, prompts(proc, [[IMAGE, VIDEO, IMAGE, TEXT], [VIDEO, TEXT]]), **kwargs)
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def greedy(model, inputs, **kwargs):
-    return model.generate(**inputs, max_new_tokens=3, do_sample=False, **kwargs)
 
 
 def placeholder_runs(ids, token_id):

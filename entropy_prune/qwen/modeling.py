@@ -228,25 +228,19 @@ def patch_model(model: torch.nn.Module) -> torch.nn.Module:
     if _PATCH_ATTR in model.__dict__:
         return model
     originals = {name: model.__dict__[name] for name in ("forward", "generate") if name in model.__dict__}
-    stock_forward = model.forward
 
-    @functools.wraps(stock_forward)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        if not _has_regions(kwargs):
-            return stock_forward(*args, **kwargs)
-        return stock_forward(**prepare_inputs(model, _with_input_ids(stock_forward, "input_ids", args, kwargs)))
-
-    model.forward = forward
-    if hasattr(model, "generate"):
-        stock_generate = model.generate
-
-        @functools.wraps(stock_generate)
-        def generate(*args: Any, **kwargs: Any) -> Any:
+    def route(stock: Any, first: str) -> Any:
+        @functools.wraps(stock)
+        def call(*args: Any, **kwargs: Any) -> Any:
             if not _has_regions(kwargs):
-                return stock_generate(*args, **kwargs)
-            return stock_generate(**prepare_inputs(model, _with_input_ids(stock_generate, "inputs", args, kwargs)))
+                return stock(*args, **kwargs)
+            return stock(**prepare_inputs(model, _with_input_ids(stock, first, args, kwargs)))
 
-        model.generate = generate
+        return call
+
+    model.forward = route(model.forward, "input_ids")
+    if hasattr(model, "generate"):
+        model.generate = route(model.generate, "inputs")
     model.__dict__[_PATCH_ATTR] = originals
     return model
 
