@@ -458,3 +458,23 @@ def test_mismatched_regions_rejected(processors, patched, images, texts):
     for bad, error, match in cases:
         with pytest.raises(error, match=match):
             logits(patched, bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_images_without_rescale(processors, patched, images, texts, backend):
+    """[0, 1] float images with do_rescale=False: scored from the float image before
+    normalisation (torchvision) or from the normalised pixels (PIL: no rescale call to see it
+    in); counts, rows and features still line up, and alpha=1 stays stock."""
+    proc = processors[backend]
+    floats = [x.astype(np.float32) / 255 for x in images]
+    stock = run(proc, floats, texts, do_rescale=False)
+    full = run(wrap_processor(proc, alpha=1.0), floats, texts, do_rescale=False)
+    assert torch.equal(full["pixel_values"], stock["pixel_values"]) and torch.equal(full["input_ids"], stock["input_ids"])
+    ours = run(wrap_processor(proc, alpha=0.3), floats, texts, do_rescale=False)
+    regions = ours[REGIONS_KEY]
+    counts = torch.bincount(regions[:, 0], minlength=len(images)).tolist()
+    assert ours["pixel_values"].shape[0] == 4 * len(regions)
+    assert (ours["input_ids"] == patched.config.image_token_id).sum(1).tolist() == [counts[0] + counts[1], counts[2]]
+    assert [len(f) for f in prepare_inputs(patched, ours)["mm_encoder_outputs"]["image"].pooler_output] == counts
+    grid = stock["image_grid_thw"]
+    assert sum(counts) < int((grid[:, 1] * grid[:, 2] // 4).sum())
