@@ -2,13 +2,16 @@
 
 One LLM token = one merge unit = ``merge_size x merge_size`` patches (2 x 2 x 14 px = 28 px for
 Qwen2-VL). The core selection runs with ``patch_size = patch_size * merge_size`` so its base cell
-is exactly one unit, on the resized image recovered from ``pixel_values`` (what the model sees).
+is exactly one unit, on the resized image the model sees: for images, the one the stock pipeline
+holds before normalisation (kept from ``rescale_and_normalize`` / ``rescale``), else recovered
+from the normalised pixels by undoing normalisation.
 
 A kept level-k region (``b = 2^(k-1)`` units on a side) becomes ONE unit: level 1 keeps its rows
-untouched; a coarse region's pixels (normalised values, both temporal frames, all channels) are
-box-averaged by ``b`` down to one unit and cut into its ``merge_size^2`` patch rows in the
-processor's layout. Normalisation is affine per channel, so averaging normalised values equals
-normalising averaged pixels.
+as the stock patchify cuts them; a coarse region's pixels (normalised values, every distinct
+temporal frame, all channels) are box-averaged by ``b`` down to one unit and cut into its
+``merge_size^2`` patch rows in the processor's layout. Normalisation is affine per channel, so
+averaging normalised values equals normalising averaged pixels. For images the wrapped
+``patchify`` keeps the normalised image and cuts no rows; only kept regions are cut.
 
 Videos: one selection per temporal patch (a row holds ``temporal_patch_size`` consecutive frames);
 a region's score is the larger of its scores on the frames of the pair. With
