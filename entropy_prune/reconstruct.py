@@ -55,7 +55,7 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
         raise ValueError(
             f"selection grid {selection.label_map.shape} does not match a {h}x{w} image with patch_size={p} (expected {grid})"
         )
-    x = arr.astype(np.float64) if arr.ndim == 3 else arr.astype(np.float64)[..., None]
+    x = arr.astype(np.float64).reshape(h, w, -1)
     out = x.copy()
     for k, mask in enumerate(selection.masks[1:], 2):
         if not mask.any():

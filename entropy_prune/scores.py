@@ -8,6 +8,7 @@ base cells, so a coarse map has ``(H // p) // 2^(k-1)`` rows and ``(W // p) // 2
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,8 +76,13 @@ def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: 
     return arr, p, k
 
 
-_POOL: ThreadPoolExecutor | None = None
 BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One shared thread pool per worker count."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="entropy_prune")
 
 
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
@@ -93,10 +99,7 @@ def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
     if workers < 2:
         parts = [fn(arr[y:y + band]) for y in starts]
     else:
-        global _POOL
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="entropy_prune")
-        parts = list(_POOL.map(lambda y: fn(arr[y:y + band]), starts))
+        parts = list(_pool(workers).map(lambda y: fn(arr[y:y + band]), starts))
     return [np.concatenate([part[k] for part in parts]) for k in range(num_scales)]
 
 

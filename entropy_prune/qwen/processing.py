@@ -119,10 +119,9 @@ def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
         x = frame.to("cpu", torch.float32) / scale
     if norm["do_rescale"] and abs(scale * 255.0 - 1.0) < 1e-9:
         r = x.round()
-        if float(x.sub_(r).abs_().max()) < 1e-2 and float(r.min()) >= 0 and float(r.max()) <= 255:
+        if float((x - r).abs_().max()) < 1e-2 and float(r.min()) >= 0 and float(r.max()) <= 255:
             return r.to(torch.uint8).numpy()
-        x.add_(r)
-    return (x * scale).clamp_(0.0, 1.0).numpy()
+    return raw_image(x, norm)
 
 
 def raw_image(raw: torch.Tensor, norm: dict) -> np.ndarray:
