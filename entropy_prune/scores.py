@@ -8,10 +8,7 @@ base cells, so a coarse map has ``(H // p) // 2^(k-1)`` rows and ``(W // p) // 2
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,27 +76,16 @@ def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: 
 BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
 
 
-@functools.lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared thread pool per worker count."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="entropy_prune")
-
-
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
-    """Apply ``fn`` (image -> list of maps) to horizontal bands of whole coarsest-level blocks
-    (cache-sized; in parallel threads where several cores are available, numpy releasing the
-    GIL) and stack the maps. Cells never straddle a band, so the numbers are those of one call
-    on the whole image."""
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Apply ``fn`` (image -> list of maps) to horizontal bands of whole coarsest-level blocks,
+    so its float64 temporaries stay cache-sized, and stack the maps. Cells never straddle a
+    band, so the numbers are those of one call on the whole image. One thread: in a processor
+    torch's own threads are busy, and numpy threads beside them ran slower than one."""
     block = p << (num_scales - 1)
     band = block * -(-BAND_CELLS // (1 << (num_scales - 1)))
-    starts = range(0, arr.shape[0], band)
-    if len(starts) < 2:
+    if arr.shape[0] <= band:
         return fn(arr)
-    if workers < 2:
-        parts = [fn(arr[y:y + band]) for y in starts]
-    else:
-        parts = list(_pool(workers).map(lambda y: fn(arr[y:y + band]), starts))
+    parts = [fn(arr[y:y + band]) for y in range(0, arr.shape[0], band)]
     return [np.concatenate([part[k] for part in parts]) for k in range(num_scales)]
 
 
@@ -176,10 +162,18 @@ def entropy_maps(
     return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "entropy")
 
 
-def _block_sums(x: np.ndarray, s: int) -> np.ndarray:
-    """Sums over s x s blocks of a (H, W) array whose sides are multiples of s."""
+def _cell_sums(x: np.ndarray, s: int) -> np.ndarray:
+    """Sums of a (H, W) array over s x s cells, edge cells partial: (ceil(H/s), ceil(W/s)).
+    Rows first (contiguous adds over the whole width), then columns on the small row sums."""
     h, w = x.shape
-    return x.reshape(h // s, s, w // s, s).sum((1, 3))
+    whole_h, whole_w = h // s * s, w // s * s
+    rows = x[:whole_h].reshape(h // s, s, w).sum(1)
+    if whole_h < h:
+        rows = np.concatenate([rows, x[whole_h:].sum(0, keepdims=True)])
+    out = rows[:, :whole_w].reshape(len(rows), w // s, s).sum(-1)
+    if whole_w < w:
+        out = np.concatenate([out, rows[:, whole_w:].sum(1, keepdims=True)], axis=1)
+    return out
 
 
 def _rms(squared_error: np.ndarray, energy: np.ndarray, p: int) -> np.ndarray:
@@ -193,11 +187,10 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
     g = gray(arr).astype(np.float64)
-    g *= 255.0 / value_range(arr.dtype)
-    starts_r, starts_c = np.arange(0, h, p), np.arange(0, w, p)
-    n = np.outer(np.minimum(p, h - starts_r), np.minimum(p, w - starts_c))
-    s1 = np.add.reduceat(np.add.reduceat(g, starts_r, 0), starts_c, 1)
-    s2 = np.add.reduceat(np.add.reduceat(g * g, starts_r, 0), starts_c, 1)
+    if value_range(arr.dtype) != 255.0:
+        g *= 255.0 / value_range(arr.dtype)
+    n = _cell_sums(np.ones((h, 1)), p) * _cell_sums(np.ones((1, w)), p)  # pixels per base cell
+    s1, s2 = _cell_sums(g, p), _cell_sums(g * g, p)
     maps = [_rms(s2 - s1 * s1 / n, s2, p)]
     # Energy of block means E_f = sum over f x f px blocks of (block sum)^2 / f^2. A level-(k+1)
     # region shown as one token holds means over f = 2^k px blocks, its four children means over
@@ -209,9 +202,10 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
             maps.append(np.zeros((rk, ck)))
             continue
         f = sums[: rk * 2 * p, : ck * 2 * p]
-        sums = (f[0::2, 0::2] + f[0::2, 1::2]) + (f[1::2, 0::2] + f[1::2, 1::2])
-        coarse = _block_sums(sums * sums, p) / float(1 << (2 * k))
-        fine = _block_sums(fine[: rk * 2, : ck * 2], 2)
+        pairs = f[0::2] + f[1::2]
+        sums = pairs[:, 0::2] + pairs[:, 1::2]
+        coarse = _cell_sums(sums * sums, p) / float(1 << (2 * k))
+        fine = _cell_sums(fine[: rk * 2, : ck * 2], 2)
         maps.append(_rms(fine - coarse, fine, p))
         fine = coarse
     return maps
@@ -232,8 +226,8 @@ def detail_maps(
     score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
     deviation of the cell from its mean (the standard deviation for a whole cell). Gray is
     BT.601 luma scaled to [0, 255]; a squared error at or below 1e-9 of the region's energy
-    (float rounding of a flat region) scores 0. Runs
-    on horizontal bands of whole coarsest blocks, in threads where several cores are available.
+    (float rounding of a flat region) scores 0. Runs on horizontal bands of whole coarsest
+    blocks (cache-sized temporaries).
 
     Args:
         image: (..., H, W) or (..., H, W, C), C in {1, 3, 4}; numpy or torch.

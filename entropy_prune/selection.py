@@ -214,6 +214,33 @@ def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], **f
     return Selection(num_tokens=len(regions), label_map=label, masks=tuple(masks), regions=regions, **fields)
 
 
+def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None]:
+    """Canonical method name and alpha (None where the method takes none); raises for bad ones."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(k for k in METHODS if k)} or None, got {method!r}")
+    method = METHODS[method]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return method, _check_alpha(method, alpha)
+
+
+def _check_score(method: str, score: Any) -> str:
+    score = default_score(method) if score is None else score
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return score
+
+
+def check_settings(method: Any, alpha: Any, thresholds: Any, num_scales: Any, mode: Any, score: Any) -> None:
+    """Raise the ValueError/TypeError :func:`select_patches` would raise for these settings on
+    an image, without scoring one."""
+    method, _ = _check_method(method, alpha, mode)
+    _check_score(method, score)
+    k = check_int("num_scales", num_scales, 1)
+    if method == "v1":
+        _check_thresholds(thresholds, k, mode)
+
+
 def select_patches(
     image: Any,
     method: str | None = "budget",
@@ -261,18 +288,11 @@ def select_patches(
     Returns:
         Selection: label map, per-level masks, regions and token count (numpy arrays).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(k for k in METHODS if k)} or None, got {method!r}")
-    method = METHODS[method]
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    a = _check_alpha(method, alpha)
+    method, a = _check_method(method, alpha, mode)
     if isinstance(image, (ScoreMaps, list, tuple)):
         maps, partial = _check_maps(image)
     else:
-        score = default_score(method) if score is None else score
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        score = _check_score(method, score)
         check_int("num_scales", num_scales, 1)
         sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first)
         if sm[0].ndim != 2:

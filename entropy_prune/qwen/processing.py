@@ -35,6 +35,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from ..scores import score_maps
+from ..selection import check_settings as check_selection
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
 
@@ -72,26 +73,13 @@ def is_none_method(method: Any) -> bool:
     return method is None or (isinstance(method, str) and method == "none")
 
 
-def core_kwargs(settings: dict, unit_px: int) -> dict:
-    """Arguments of :func:`select_patches` for ``settings`` with base cell = one merge unit."""
-    return dict(
-        method=settings["patch_selection_method"],
-        alpha=settings["alpha"],
-        thresholds=settings["thresholds"],
-        num_scales=settings["num_scales"],
-        mode=settings["mode"],
-        score=settings["score"],
-        patch_size=unit_px,
-    )
-
-
 def check_settings(settings: dict) -> None:
     """Raise ValueError/TypeError now for settings the core selection would reject."""
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise TypeError(f"unknown selection setting(s) {sorted(unknown)}; valid: {sorted(SETTINGS)}")
-    probe = np.zeros((16, 16, 3), dtype=np.uint8)
-    select_patches(probe, **core_kwargs(settings, unit_px=4))
+    keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score")
+    check_selection(*(settings[k] for k in keys))
     tau = settings["temporal_threshold"]
     if tau is not None:
         if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
