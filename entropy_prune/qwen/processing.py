@@ -39,8 +39,8 @@ from ..selection import check_settings as check_selection
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
 
-_CAPTURE = threading.local()  # per thread, during one pruning call: images seen before
-# normalisation (``raw``) and by patchify (``frames``), in the same order
+_CAPTURE = threading.local()  # per thread, while an image processor prunes: ``raws``, the
+# resized images patchify was handed (rescaling and normalisation pass them through)
 
 REGIONS_KEY = "image_kept_regions"
 """Processor output key: int64 (num_kept, 5) rows (image, level, t, row, col), row/col of the
@@ -89,9 +89,9 @@ def check_settings(settings: dict) -> None:
 
 
 def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
-    """Normalised (C, H, W) pixels of one frame -> (C, H, W) image for the core scores.
+    """Normalised (C, H, W) pixels of one video frame -> (C, H, W) image for the core scores.
 
-    Returns uint8 when rescaling was 8-bit (factor 1/255): the resized image was uint8 and
+    Returns uint8 when rescaling was 8-bit (factor 1/255): the resized frame was uint8 and
     undoing normalisation in float32 lands within 1e-2 of integers (float32 round-off is ~1e-4
     here, far below 0.5), so rounding recovers it exactly. Otherwise a [0, 1] float image,
     clipped because bicubic resizing of float inputs can overshoot (scores then see saturated
@@ -119,12 +119,6 @@ def raw_image(raw: torch.Tensor, norm: dict) -> np.ndarray:
         return raw.numpy()
     x = raw.to(torch.float32) * (float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0)
     return x.clamp_(0.0, 1.0).numpy()
-
-
-def _unit_frame(units: torch.Tensor, f: int) -> torch.Tensor:
-    """(hu, wu, m, m, C, T, p, p) unit pixels -> frame f as a (C, H, W) view."""
-    hu, wu, m, _, c, _, p, _ = units.shape
-    return units[..., f, :, :].permute(4, 0, 2, 5, 1, 3, 6).reshape(c, hu * m * p, wu * m * p)
 
 
 def _luma01(image: np.ndarray) -> np.ndarray:
@@ -166,98 +160,128 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def pool_units(frames: torch.Tensor, unit_px: int) -> torch.Tensor:
     """Area-average (F, C, H, W) frames by 2 over whole blocks of 2 x 2 units: the frames of the
-    next coarser level (means of 2 x 2 means are means of 4 x 4 pixels)."""
+    next coarser level (means of 2 x 2 means are means of 4 x 4 pixels). Float32 for integer
+    frames; 8-bit frames are summed in int16, exactly. Strided in-place adds: on CPU several
+    times faster than ``avg_pool2d`` and than allocating a result per add."""
     block = 2 * unit_px
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
-    pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))  # strided adds: ~10x faster than avg_pool2d on CPU
-    rows = pairs[..., 0, :] + pairs[..., 1, :]
-    return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+    pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
+    wide = torch.int16 if frames.dtype == torch.uint8 else frames.dtype if frames.is_floating_point() else torch.float32
+    rows = pairs[..., 0, :].to(wide, copy=True)
+    rows += pairs[..., 1, :]
+    sums = rows[..., 0::2]
+    sums += rows[..., 1::2]
+    return sums.to(torch.float32 if wide == torch.int16 else wide).mul_(0.25)
 
 
-def region_rows(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
-    """Rows of the units at (r, c) of frames, cut like the stock patchify.
+def unit_blocks(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, s: int) -> torch.Tensor:
+    """(F, C, H, W) frames -> (K, F, C, s, s): the s x s px units at unit rows r, cols c (K,)."""
+    hu, wu = frames.shape[-2] // s, frames.shape[-1] // s
+    grid = frames[..., : hu * s, : wu * s].unflatten(-1, (wu, s)).unflatten(-3, (hu, s))  # (F, C, hu, s, wu, s)
+    return grid.permute(2, 4, 0, 1, 3, 5)[r, c]
+
+
+def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
+    """(K, F, C, m*p, m*p) unit pixels -> (K, m, m, C, tp, p, p), the processor's row layout
+    (m*m patch rows of C*tp*p*p values per unit); F = 1 stands for tp copies (a view)."""
+    k, f, ch = blocks.shape[:3]
+    x = blocks.unflatten(-1, (m, p)).unflatten(-3, (m, p)).permute(0, 3, 5, 2, 1, 4, 6)
+    return x.expand(k, m, m, ch, tp, p, p)
+
+
+def cut_regions(
+    frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, dtype: torch.dtype,
+    normalize=None, level1_rows=None,
+) -> torch.Tensor:
+    """Rows of one temporal patch's kept regions.
 
     Args:
-        frames: (F, C, H, W) normalised frames of one temporal patch at one level (level k:
-            area-averaged by 2^(k-1)); F = 1 stands for tp copies.
-        r, c: (K,) units to cut, in units of this level.
+        frames: (F, C, H, W) pixels, F = 1 (tp copies) or tp; a level-k region (b = 2^(k-1)
+            units on a side) becomes ONE unit, its pixels area-averaged by b (:func:`pool_units`).
+        regions: int (K, 3) (level, row, col) in units.
+        dtype: dtype of the rows (the stock one); other results are rounded (integer) and cast.
+        normalize: (N, C, s, s) -> same shape, applied to every cut unit (None: identity).
+        level1_rows: (r, c) -> (K, m*m, C*tp*p*p) stock rows of level-1 units, used instead of
+            cutting them from ``frames``.
     Returns:
-        (K, m*m, C*tp*p*p) unit rows in the processor's layout.
+        (K * m*m, C*tp*p*p) rows in region order.
     """
-    f, ch, h, w = frames.shape
-    hu, wu = h // (m * p), w // (m * p)
-    units = frames[..., : hu * m * p, : wu * m * p].reshape(f, ch, hu, m, p, wu, m, p)
-    picked = units.permute(2, 5, 3, 6, 1, 0, 4, 7)[r, c]  # (K, m, m, C, F, p, p)
-    return picked.expand(len(r), m, m, ch, tp, p, p).reshape(len(r), m * m, ch * tp * p * p)
+    f, ch = frames.shape[:2]
+    s, d = m * p, ch * tp * p * p
+    out = torch.empty((len(regions), m * m, d), dtype=dtype, device=frames.device)
+    level_frames = frames
+    for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
+        if level > 1:
+            level_frames = pool_units(level_frames, s)
+        pick = np.nonzero(regions[:, 0] == level)[0]
+        if not len(pick):
+            continue
+        b = 1 << (level - 1)
+        r, c = (torch.from_numpy(regions[pick, i] // b).to(frames.device) for i in (1, 2))
+        if level == 1 and level1_rows is not None:
+            rows = level1_rows(r, c)
+        else:
+            blocks = unit_blocks(level_frames, r, c, s)
+            if normalize is not None:
+                blocks = normalize(blocks.flatten(0, 1)).unflatten(0, (len(pick), f))
+            rows = block_rows(blocks, m, p, tp)
+        if rows.dtype != dtype:
+            rows = (rows if dtype.is_floating_point else rows.round()).to(dtype)
+        out.index_copy_(0, torch.from_numpy(pick).to(frames.device), rows.reshape(len(pick), m * m, d))
+    return out.view(len(regions) * m * m, d)
 
 
-def prune_item(
-    rows: torch.Tensor | None, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int,
-    still: torch.Tensor | None = None, raw: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Prune one image's or video's patch rows.
+def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
+    """Prune one image: score and cut its resized pixels, then rescale/normalise only the cut units.
 
     Args:
-        rows: (t*h*w, C*T*p*p) rows of one item, order [t][unit_row][unit_col][mh][mw]; None
-            for an image given as ``still``.
-        grid: (t, h, w) in patches.
-        still: an image's normalised (C, H, W) frame (what the stock patchify would cut into
-            rows with T copies of each patch): averaged and cut directly.
-        raw: the same image before rescaling and normalisation, (C, H, W): scored as it is
-            (else ``still`` is scored through :func:`scoring_image`).
+        raw: (C, H, W) resized image before rescaling and normalisation.
+        normalize: the stock rescale + normalisation of (N, C, s, s) pixels.
     Returns:
-        kept rows ((num_kept * m*m, C*T*p*p)) and regions int64 (num_kept, 4): (level, t, row, col).
+        rows ((num_kept * m*m, C*tp*p*p), the stock dtype) and regions int64 (num_kept, 4):
+        (level, t, row, col).
+    """
+    sel = select_group([raw_image(raw, norm)], None, settings, m * p)
+    regions = np.asarray(sel.regions, dtype=np.int64)
+    dtype = normalize(raw[None, :, :1, :1]).dtype  # what the stock pipeline makes of these pixels
+    rows = cut_regions(raw[None], regions, m, p, tp, dtype, normalize=normalize)
+    return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]])
+
+
+def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int):
+    """Prune one video's stock patch rows ((t*h*w, C*tp*p*p), order [t][unit_row][unit_col][mh][mw]).
+
+    One selection per temporal patch, on its frames recovered from the rows; level-1 units keep
+    their stock rows. Returns kept rows and regions int64 (num_kept, 4): (level, t, row, col).
     """
     t, h, w = grid
     hu, wu = h // m, w // m
-    if still is None:
-        d = rows.shape[1]
-        rows = rows.contiguous()
-        unit_rows = rows.view(t, hu, wu, m * m, d)
-        units = rows.view(t, hu, wu, m, m, d // (tp * p * p), tp, p, p)
-    else:
-        d = still.shape[0] * tp * p * p
+    d = rows.shape[1]
+    rows = rows.contiguous()
+    unit_rows = rows.view(t, hu, wu, m * m, d)
+    units = rows.view(t, hu, wu, m, m, d // (tp * p * p), tp, p, p)
     kept_rows, kept_regions, previous = [], [], None
     for ti in range(t):
-        if still is not None:
-            frames = still[None]
-        else:
-            frames = [_unit_frame(units[ti], 0)]
-            frames += [f for f in (_unit_frame(units[ti], i) for i in range(1, tp)) if not torch.equal(f, frames[0])]
-            frames = torch.stack(frames)
-        images = [raw_image(raw, norm)] if raw is not None else [scoring_image(f, norm) for f in frames]
-        sel = select_group(images, previous, settings, m * p)
+        frames = units[ti].permute(4, 5, 0, 2, 6, 1, 3, 7).reshape(d // (tp * p * p), tp, h * p, w * p).transpose(0, 1)
+        distinct = any(not torch.equal(frames[i], frames[0]) for i in range(1, tp))
+        frames = frames if distinct else frames[:1]
+        images = [scoring_image(x, norm) for x in frames]
+        regions = np.asarray(select_group(images, previous, settings, m * p).regions, dtype=np.int64)
         previous = images
-        regions = np.asarray(sel.regions, dtype=np.int64)
-        out = frames.new_empty((len(regions), m * m, d))
-        level_frames = frames
-        for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
-            if level > 1:
-                level_frames = pool_units(level_frames, m * p)
-            pick = np.nonzero(regions[:, 0] == level)[0]
-            if not len(pick):
-                continue
-            b = 1 << (level - 1)
-            r = torch.from_numpy(regions[pick, 1] // b)
-            cc = torch.from_numpy(regions[pick, 2] // b)
-            if level == 1 and still is None:
-                out[pick] = unit_rows[ti, r, cc]
-            else:
-                out[pick] = region_rows(level_frames, r, cc, m, p, tp)
-        kept_rows.append(out.reshape(-1, d))
+        kept_rows.append(cut_regions(frames, regions, m, p, tp, rows.dtype, level1_rows=lambda r, c: unit_rows[ti, r, c]))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return _cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
 def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict,
-                stills: list[torch.Tensor] | None, raws: list[torch.Tensor] | None = None) -> BatchFeature:
+                raws: list[torch.Tensor] | None = None, normalize=None) -> BatchFeature:
     """Stock (image or video) processor output -> pruned pixel rows, full grid, kept-regions tensor.
 
-    ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments;
-    ``stills``: for images, the normalised (C, H, W) images handed to ``patchify``, in any order
-    (matched to items by size, in order within a size: both backends keep that order); their
-    rows are not in the stock output (``patchify`` skipped cutting them) and are cut here.
-    ``raws``: the same images before normalisation, in the same order, when all were seen.
+    ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments.
+    Videos: the stock rows are pruned. Images: ``raws`` are the resized (C, H, W) images handed
+    to ``patchify`` before rescaling and normalisation, in any order (matched to items by size,
+    in order within a size: both backends keep that order); the stock output holds no rows for
+    them, and ``normalize`` rescales and normalises the units cut from them.
     """
     pixel_key, grid_key, regions_key = keys
     pixel_values, grids = output[pixel_key], output[grid_key]
@@ -267,20 +291,19 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     pv = torch.as_tensor(pixel_values)
     grid_list = [tuple(int(v) for v in g) for g in torch.as_tensor(grids).tolist()]
     by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    paired = raws if raws is not None and stills is not None and len(raws) == len(stills) else [None] * len(stills or [])
-    for frame, raw in zip(stills or [], paired):
-        by_size.setdefault(tuple(frame.shape[-2:]), []).append((frame, raw))
+    for raw in raws or []:
+        by_size.setdefault(tuple(raw.shape[-2:]), []).append(raw)
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):
-        if stills is None:
-            n, still, raw = grid[0] * grid[1] * grid[2], None, None
+        if raws is None:
+            n = grid[0] * grid[1] * grid[2]
+            rows, regions = prune_rows(pv[start : start + n], grid, settings, norm, *geometry)
+            start += n
         else:
             queue = by_size.get((grid[1] * geometry[0], grid[2] * geometry[0]))
             if not queue:
                 raise RuntimeError(f"no image of {grid[1:]} patches went through patchify for item {i}")
-            n, (still, raw) = 0, queue.pop(0)
-        rows, regions = prune_item(pv[start : start + n] if n else None, grid, settings, norm, *geometry, still, raw)
-        start += n
+            rows, regions = prune_image(queue.pop(0), settings, norm, normalize, *geometry)
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
     pruned = _cat(rows_out) if rows_out else pv[:0]
@@ -299,7 +322,6 @@ class PruningMixin:
     """
 
     keys: tuple[str, str, str]  # (pixel key, grid key, regions key)
-    still: bool  # every row's temporal frames are copies of one image, captured in patchify
     patch_selection_method = SETTINGS["patch_selection_method"]
     alpha = SETTINGS["alpha"]
     thresholds = SETTINGS["thresholds"]
@@ -325,54 +347,82 @@ class PruningMixin:
         if is_none_method(settings["patch_selection_method"]):
             return super()._preprocess(*args, **kwargs)
         check_settings(settings)
-        _CAPTURE.frames, _CAPTURE.raw = ([], []) if self.still else (None, None)
-        try:
-            output = super()._preprocess(*args, **kwargs)
-            stills, raws = _CAPTURE.frames, _CAPTURE.raw
-        finally:
-            _CAPTURE.frames = _CAPTURE.raw = None
-        return prune_batch(output, self.keys, settings, kwargs, stills, raws)
+        return self._prune(lambda: super(PruningMixin, self)._preprocess(*args, **kwargs), settings, kwargs)
 
 
 class PruningImageProcessorMixin(PruningMixin):
+    """Images: while pruning, the stock ``_preprocess`` resizes as usual, but rescaling and
+    normalisation pass the pixels through and ``patchify`` keeps the resized image instead of
+    cutting rows. The image is scored as resized, and only the units of kept regions are cut,
+    rescaled and normalised by the stock methods (elementwise, so level-1 rows are bit-identical
+    to the stock ones)."""
+
     keys = ("pixel_values", "image_grid_thw", REGIONS_KEY)
-    still = True  # the stock image processor repeats the image over the temporal patch
+
+    def _prune(self, stock, settings: dict, kwargs: dict) -> BatchFeature:
+        """``stock()`` runs the stock ``_preprocess`` with ``kwargs``; prune its output."""
+        _CAPTURE.raws = []
+        try:
+            output = stock()
+            raws = _CAPTURE.raws
+        finally:
+            _CAPTURE.raws = None
+        norm = [kwargs[k] for k in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")]
+        return prune_batch(output, self.keys, settings, kwargs, raws, lambda x: self._normalize_units(x, *norm))
+
+    def _normalize_units(self, x: torch.Tensor, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
+        """The stock rescale and normalisation of (N, C, s, s) pixels (either backend)."""
+        stock = super()
+        if hasattr(stock, "rescale_and_normalize"):  # torchvision backend: channels at dim -3
+            return stock.rescale_and_normalize(x, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+        n, c, s, _ = x.shape  # PIL backend: numpy, one (C, H, W) image
+        y = x.permute(1, 0, 2, 3).reshape(c, n * s, s).numpy()
+        if do_rescale:
+            y = stock.rescale(y, rescale_factor)
+        if do_normalize:
+            y = stock.normalize(y, image_mean, image_std)
+        return torch.from_numpy(np.asarray(y)).reshape(c, n, s, s).permute(1, 0, 2, 3)
 
     def rescale_and_normalize(self, images, *args, **kwargs):
-        """Stock (torchvision backend); while pruning, keeps the (B, C, H, W) resized images."""
-        raw = getattr(_CAPTURE, "raw", None)
-        if raw is not None:
-            raw.extend(images.unbind(0))
+        """Stock (torchvision backend); passes the images through while pruning."""
+        if getattr(_CAPTURE, "raws", None) is not None:
+            return images
         return super().rescale_and_normalize(images, *args, **kwargs)
 
     def rescale(self, image, *args, **kwargs):
-        """Stock; while pruning, keeps the PIL backend's resized (C, H, W) numpy image (the
-        torchvision backend's own call from rescale_and_normalize is already kept)."""
-        raw = getattr(_CAPTURE, "raw", None)
-        if raw is not None and isinstance(image, np.ndarray):
-            raw.append(torch.from_numpy(image))
+        """Stock; passes the image through while pruning (PIL backend)."""
+        if getattr(_CAPTURE, "raws", None) is not None:
+            return image
         return super().rescale(image, *args, **kwargs)
 
+    def normalize(self, image, *args, **kwargs):
+        """Stock; passes the image through while pruning (PIL backend)."""
+        if getattr(_CAPTURE, "raws", None) is not None:
+            return image
+        return super().normalize(image, *args, **kwargs)
+
     def patchify(self, images, patch_size: int, merge_size: int, temporal_patch_size: int):
-        """Stock patchify, except while pruning: then the normalised (C, H, W) images (torchvision:
-        a (B, C, H, W) group; PIL: one image) are kept for scoring, and only the rows of kept
-        regions are cut later (``prune_batch``), so no rows are returned here; the grid is."""
-        frames = getattr(_CAPTURE, "frames", None)
-        if frames is None:
+        """Stock patchify, except while pruning: then the resized (C, H, W) images (torchvision:
+        a (B, C, H, W) group; PIL: one image) are kept and no rows are cut (``prune_batch`` cuts
+        the kept regions'); the grid is returned as usual."""
+        raws = getattr(_CAPTURE, "raws", None)
+        if raws is None:
             return super().patchify(images, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal_patch_size)
         numpy_in = isinstance(images, np.ndarray)
-        batch = torch.as_tensor(np.asarray(images, dtype=np.float32)) if numpy_in else images
+        batch = torch.from_numpy(images) if numpy_in else images
         group = batch if batch.ndim == 4 else batch[None]
-        frames.extend(x.contiguous() for x in group.unbind(0))
+        raws.extend(group.unbind(0))
         b, c, h, w = group.shape
         d = c * temporal_patch_size * patch_size * patch_size
-        empty = np.empty((0, d), np.float32) if numpy_in else group.new_empty((b, 0, d))
+        empty = np.empty((0, d), np.float32) if numpy_in else group.new_empty((b, 0, d), dtype=torch.float32)
         return empty, h // patch_size, w // patch_size
 
 
 class PruningVideoProcessorMixin(PruningMixin):
     keys = ("pixel_values_videos", "video_grid_thw", VIDEO_REGIONS_KEY)
-    still = False
+
+    def _prune(self, stock, settings: dict, kwargs: dict) -> BatchFeature:
+        return prune_batch(stock(), self.keys, settings, kwargs)
 
 
 def _with_counts(stock: str, token: str, counts: list[int]) -> str:
