@@ -190,8 +190,7 @@ def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
 
 
 def cut_regions(
-    frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, dtype: torch.dtype,
-    normalize=None, level1_rows=None,
+    frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, dtype: torch.dtype, normalize=None,
 ) -> torch.Tensor:
     """Rows of one temporal patch's kept regions.
 
@@ -199,36 +198,29 @@ def cut_regions(
         frames: (F, C, H, W) pixels, F = 1 (tp copies) or tp; a level-k region (b = 2^(k-1)
             units on a side) becomes ONE unit, its pixels area-averaged by b (:func:`pool_units`).
         regions: int (K, 3) (level, row, col) in units.
-        dtype: dtype of the rows (the stock one); other results are rounded (integer) and cast.
-        normalize: (N, C, s, s) -> same shape, applied to every cut unit (None: identity).
-        level1_rows: (r, c) -> (K, m*m, C*tp*p*p) stock rows of level-1 units, used instead of
-            cutting them from ``frames``.
+        dtype: dtype of the rows (the stock one); integer rows are rounded.
+        normalize: (N, C, s, s) -> same shape, applied to the cut units (None: identity). Units
+            reach it as float (integer pixels converted exactly), all levels in one call.
     Returns:
         (K * m*m, C*tp*p*p) rows in region order.
     """
     f, ch = frames.shape[:2]
-    s, d = m * p, ch * tp * p * p
-    out = torch.empty((len(regions), m * m, d), dtype=dtype, device=frames.device)
+    s = m * p
+    work = frames.dtype if frames.is_floating_point() else torch.float32
+    units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
     level_frames = frames
     for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
         if level > 1:
             level_frames = pool_units(level_frames, s)
         pick = np.nonzero(regions[:, 0] == level)[0]
-        if not len(pick):
-            continue
-        b = 1 << (level - 1)
-        r, c = (torch.from_numpy(regions[pick, i] // b).to(frames.device) for i in (1, 2))
-        if level == 1 and level1_rows is not None:
-            rows = level1_rows(r, c)
-        else:
-            blocks = unit_blocks(level_frames, r, c, s)
-            if normalize is not None:
-                blocks = normalize(blocks.flatten(0, 1)).unflatten(0, (len(pick), f))
-            rows = block_rows(blocks, m, p, tp)
-        if rows.dtype != dtype:
-            rows = (rows if dtype.is_floating_point else rows.round()).to(dtype)
-        out.index_copy_(0, torch.from_numpy(pick).to(frames.device), rows.reshape(len(pick), m * m, d))
-    return out.view(len(regions) * m * m, d)
+        if len(pick):
+            r, c = (torch.from_numpy(regions[pick, i] >> (level - 1)).to(frames.device) for i in (1, 2))
+            units.index_copy_(0, torch.from_numpy(pick).to(frames.device), unit_blocks(level_frames, r, c, s).to(work))
+    if normalize is not None:
+        units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
+    if not dtype.is_floating_point:
+        units = units.round()
+    return block_rows(units, m, p, tp).to(dtype).reshape(len(regions) * m * m, ch * tp * p * p)
 
 
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
@@ -251,24 +243,21 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
 def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int):
     """Prune one video's stock patch rows ((t*h*w, C*tp*p*p), order [t][unit_row][unit_col][mh][mw]).
 
-    One selection per temporal patch, on its frames recovered from the rows; level-1 units keep
-    their stock rows. Returns kept rows and regions int64 (num_kept, 4): (level, t, row, col).
+    One selection per temporal patch, on its frames recovered from the rows (level-1 units are
+    copies of their stock rows). Returns kept rows and regions int64 (num_kept, 4): (level, t, row, col).
     """
     t, h, w = grid
-    hu, wu = h // m, w // m
-    d = rows.shape[1]
-    rows = rows.contiguous()
-    unit_rows = rows.view(t, hu, wu, m * m, d)
-    units = rows.view(t, hu, wu, m, m, d // (tp * p * p), tp, p, p)
+    ch = rows.shape[1] // (tp * p * p)
+    units = rows.reshape(t, h // m, w // m, m, m, ch, tp, p, p)
     kept_rows, kept_regions, previous = [], [], None
     for ti in range(t):
-        frames = units[ti].permute(4, 5, 0, 2, 6, 1, 3, 7).reshape(d // (tp * p * p), tp, h * p, w * p).transpose(0, 1)
+        frames = units[ti].permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(tp, ch, h * p, w * p)
         distinct = any(not torch.equal(frames[i], frames[0]) for i in range(1, tp))
         frames = frames if distinct else frames[:1]
         images = [scoring_image(x, norm) for x in frames]
         regions = np.asarray(select_group(images, previous, settings, m * p).regions, dtype=np.int64)
         previous = images
-        kept_rows.append(cut_regions(frames, regions, m, p, tp, rows.dtype, level1_rows=lambda r, c: unit_rows[ti, r, c]))
+        kept_rows.append(cut_regions(frames, regions, m, p, tp, rows.dtype))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return _cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
