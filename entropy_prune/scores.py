@@ -73,7 +73,7 @@ def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: 
     return arr, p, k
 
 
-BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
+BAND_CELLS = 16  # rows of base cells per band (rounded up to whole coarsest blocks)
 
 
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
@@ -162,14 +162,17 @@ def entropy_maps(
     return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "entropy")
 
 
-def _cell_sums(x: np.ndarray, s: int) -> np.ndarray:
-    """Sums of a (H, W) array over s x s cells, edge cells partial: (ceil(H/s), ceil(W/s)).
-    Rows first (contiguous adds over the whole width), then columns on the small row sums."""
+def _cell_sums(x: np.ndarray, s: int, squared: bool = False) -> np.ndarray:
+    """Sums of a (H, W) array (of its squares with ``squared``) over s x s cells, edge cells
+    partial: (ceil(H/s), ceil(W/s)). Rows first (contiguous adds over the whole width; squares
+    summed by einsum without a squared copy), then columns on the small row sums."""
     h, w = x.shape
     whole_h, whole_w = h // s * s, w // s * s
-    rows = x[:whole_h].reshape(h // s, s, w).sum(1)
+    spec = "rpw,rpw->rw" if squared else "rpw->rw"
+    rows = np.einsum(spec, *[x[:whole_h].reshape(h // s, s, w)] * (2 if squared else 1))
     if whole_h < h:
-        rows = np.concatenate([rows, x[whole_h:].sum(0, keepdims=True)])
+        rest = x[whole_h:]
+        rows = np.concatenate([rows, np.einsum(spec.replace("r", ""), *[rest] * (2 if squared else 1))[None]])
     out = rows[:, :whole_w].reshape(len(rows), w // s, s).sum(-1)
     if whole_w < w:
         out = np.concatenate([out, rows[:, whole_w:].sum(1, keepdims=True)], axis=1)
@@ -190,7 +193,7 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     if value_range(arr.dtype) != 255.0:
         g *= 255.0 / value_range(arr.dtype)
     n = _cell_sums(np.ones((h, 1)), p) * _cell_sums(np.ones((1, w)), p)  # pixels per base cell
-    s1, s2 = _cell_sums(g, p), _cell_sums(g * g, p)
+    s1, s2 = _cell_sums(g, p), _cell_sums(g, p, squared=True)
     maps = [_rms(s2 - s1 * s1 / n, s2, p)]
     # Energy of block means E_f = sum over f x f px blocks of (block sum)^2 / f^2. A level-(k+1)
     # region shown as one token holds means over f = 2^k px blocks, its four children means over
@@ -204,7 +207,7 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
         f = sums[: rk * 2 * p, : ck * 2 * p]
         pairs = f[0::2] + f[1::2]
         sums = pairs[:, 0::2] + pairs[:, 1::2]
-        coarse = _cell_sums(sums * sums, p) / float(1 << (2 * k))
+        coarse = _cell_sums(sums, p, squared=True) / float(1 << (2 * k))
         fine = _cell_sums(fine[: rk * 2, : ck * 2], 2)
         maps.append(_rms(fine - coarse, fine, p))
         fine = coarse

@@ -161,17 +161,15 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 def pool_sums(frames: torch.Tensor, unit_px: int) -> torch.Tensor:
     """Sums of (F, C, H, W) frames over 2 x 2 px blocks, over whole blocks of 2 x 2 units: a
     level's pixel sums -> the next coarser level's (each sum covers 4x as many pixels). Exact
-    for integer frames (8-bit sums in int16, wider ones in int32). Strided in-place adds: on
-    CPU several times faster than ``avg_pool2d``."""
+    for integer frames (8-bit sums in int16, wider ones in int32). Strided adds: on CPU
+    several times faster than ``avg_pool2d``."""
     block = 2 * unit_px
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
     pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
     wide = frames.dtype if frames.is_floating_point() else torch.int16 if frames.dtype == torch.uint8 else torch.int32
-    sums = pairs[..., 0, :].to(wide, copy=True)
-    sums += pairs[..., 1, :]
-    cols = sums[..., 0::2]
-    cols += sums[..., 1::2]
-    return cols
+    rows = pairs[..., 0, :].to(wide, copy=True)
+    rows += pairs[..., 1, :]
+    return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
 
 
 def unit_blocks(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, s: int) -> torch.Tensor:
@@ -218,9 +216,8 @@ def cut_regions(
         pick = np.nonzero(regions[:, 0] == level)[0]
         if len(pick):
             r, c = (torch.from_numpy(regions[pick, i] >> (level - 1)).to(frames.device) for i in (1, 2))
-            blocks = unit_blocks(sums, r, c, s).to(work)
-            if level > 1:
-                blocks *= 1.0 / (1 << (2 * level - 2))
+            blocks = unit_blocks(sums, r, c, s)
+            blocks = blocks * (1.0 / (1 << (2 * level - 2))) if level > 1 else blocks.to(work)  # sums -> means
             units.index_copy_(0, torch.from_numpy(pick).to(frames.device), blocks)
     if normalize is not None:
         units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
