@@ -208,22 +208,26 @@ def cut_regions(
     f, ch = frames.shape[:2]
     s = m * p
     work = frames.dtype if frames.is_floating_point() else torch.float32
+    order = np.argsort(regions[:, 0], kind="stable")  # level by level, raster order within a level
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
-    sums = frames  # level k: sums over 2^(k-1) x 2^(k-1) px blocks
+    sums, start = frames, 0  # level k: sums over 2^(k-1) x 2^(k-1) px blocks
     for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
         if level > 1:
             sums = pool_sums(sums, s)
-        pick = np.nonzero(regions[:, 0] == level)[0]
-        if len(pick):
-            r, c = (torch.from_numpy(regions[pick, i] >> (level - 1)).to(frames.device) for i in (1, 2))
-            blocks = unit_blocks(sums, r, c, s)
-            blocks = blocks * (1.0 / (1 << (2 * level - 2))) if level > 1 else blocks.to(work)  # sums -> means
-            units.index_copy_(0, torch.from_numpy(pick).to(frames.device), blocks)
+        pick = order[start : start + int((regions[:, 0] == level).sum())]
+        r, c = (torch.from_numpy(regions[pick, i] >> (level - 1)).to(frames.device) for i in (1, 2))
+        blocks, dst = unit_blocks(sums, r, c, s), units[start : start + len(pick)]
+        if level > 1:
+            torch.mul(blocks, 1.0 / (1 << (2 * level - 2)), out=dst)  # sums -> means
+        else:
+            dst.copy_(blocks)
+        start += len(pick)
     if normalize is not None:
         units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
     if not dtype.is_floating_point:
         units = units.round()
-    return block_rows(units, m, p, tp).to(dtype).reshape(len(regions) * m * m, ch * tp * p * p)
+    back = torch.from_numpy(np.argsort(order)).to(frames.device)  # region order
+    return block_rows(units, m, p, tp).index_select(0, back).to(dtype).reshape(len(regions) * m * m, ch * tp * p * p)
 
 
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
