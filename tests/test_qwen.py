@@ -193,24 +193,61 @@ def test_drop_top_rows_equals_stock_on_cropped_grid(processors, patched, backend
     assert torch.equal(logits(patched, ours), reference)
 
 
-def test_coarse_region_is_area_average(processors, images):
-    proc = processors["torchvision"]
-    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=0.3)
-    out = wrapped.image_processor(images[:1], return_tensors="pt")
-    stock = proc.image_processor(images[:1], return_tensors="pt")
-    _, gh, gw = stock["image_grid_thw"][0].tolist()
-    # stock rows -> normalised image (T, C, H, W)
-    full = stock["pixel_values"].reshape(gh // 2, gw // 2, 2, 2, 3, 2, 14, 14)
-    full = full.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(2, 3, gh * 14, gw * 14).numpy().astype(np.float64)
+def stock_frames(out, p=14, m=2):
+    """Stock image rows of one image -> its (T, C, H, W) frames, float64."""
+    _, gh, gw = out["image_grid_thw"][0].tolist()
+    full = torch.as_tensor(out["pixel_values"]).reshape(gh // m, gw // m, m, m, 3, 2, p, p)
+    return full.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(2, 3, gh * p, gw * p).numpy().astype(np.float64)
+
+
+def expected_units(full, regions, unit=28):
+    """Rows each region should get: its block of ``full`` area-averaged down to one unit."""
+    for _, level, _, r, c in regions.tolist():
+        b = 1 << (level - 1)
+        block = full[:, :, r * unit : (r + b) * unit, c * unit : (c + b) * unit]
+        small = block.reshape(2, 3, unit, b, unit, b).mean(axis=(3, 5))  # (T, C, 28, 28)
+        yield small.reshape(2, 3, 2, 14, 2, 14).transpose(2, 4, 1, 0, 3, 5).reshape(4, -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_scales", [3, 4])
+def test_coarse_region_is_area_average(processors, images, backend, num_scales):
+    """Coarse units (also 8 x 8 blocks: 8-bit sums beyond int16's 4 x 4) are the area average of
+    the stock normalised pixels; every level-1 row is bit-identical to its stock row."""
+    proc = processors[backend]
+    big = np.tile(images[0], (3, 3, 1))  # 12 x 18 units: blocks of 8 x 8 units exist
+    kw = dict(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 256}, return_tensors="pt")
+    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=0.2, num_scales=num_scales)
+    out = wrapped.image_processor([big], **kw)
+    full = stock_frames(proc.image_processor([big], **kw))
+    regions = out[REGIONS_KEY]
+    assert (regions[:, 1] == num_scales).any()
+    for n, expect in enumerate(expected_units(full, regions)):
+        got = out["pixel_values"][4 * n : 4 * n + 4].numpy()
+        if regions[n, 1] == 1:
+            assert np.array_equal(got, expect.astype(np.float32))
+        else:
+            np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_pixels_without_rescale_or_normalisation(processors, images, backend):
+    """do_rescale=False, do_normalize=False: the stock rows are the 8-bit pixel values (torchvision:
+    uint8; PIL: float32); pruned rows keep that dtype, level-1 rows equal the stock ones and
+    coarse units are area means (rounded in uint8)."""
+    proc = processors[backend]
+    kw = dict(do_rescale=False, do_normalize=False, return_tensors="pt")
+    stock = proc.image_processor(images[:1], **kw)
+    out = wrap_processor(proc, alpha=0.3).image_processor(images[:1], **kw)
+    assert out["pixel_values"].dtype == stock["pixel_values"].dtype
+    assert torch.equal(wrap_processor(proc, alpha=1.0).image_processor(images[:1], **kw)["pixel_values"], stock["pixel_values"])
     regions = out[REGIONS_KEY]
     assert (regions[:, 1] > 1).any()
-    for n, (_, level, _, r, c) in enumerate(regions.tolist()):
-        b = 1 << (level - 1)
-        block = full[:, :, r * 28 : (r + b) * 28, c * 28 : (c + b) * 28]
-        small = block.reshape(2, 3, 28, b, 28, b).mean(axis=(3, 5))  # (T, C, 28, 28)
-        expect = small.reshape(2, 3, 2, 14, 2, 14).transpose(2, 4, 1, 0, 3, 5).reshape(4, -1)
-        got = out["pixel_values"][4 * n : 4 * n + 4].numpy()
-        np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)
+    integer = not stock["pixel_values"].is_floating_point()
+    assert integer == (backend == "torchvision")
+    for n, expect in enumerate(expected_units(stock_frames(stock), regions)):
+        got = out["pixel_values"][4 * n : 4 * n + 4].double().numpy()
+        np.testing.assert_allclose(got, np.round(expect) if integer else expect, rtol=0, atol=0 if integer else 1e-4)
 
 
 def test_positions_of_coarse_regions(processors, model, images, texts):
@@ -463,8 +500,7 @@ def test_mismatched_regions_rejected(processors, patched, images, texts):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float_images_without_rescale(processors, patched, images, texts, backend):
     """[0, 1] float images with do_rescale=False: scored from the float image before
-    normalisation (torchvision) or from the normalised pixels (PIL: no rescale call to see it
-    in); counts, rows and features still line up, and alpha=1 stays stock."""
+    normalisation; counts, rows and features still line up, and alpha=1 stays stock."""
     proc = processors[backend]
     floats = [x.astype(np.float32) / 255 for x in images]
     stock = run(proc, floats, texts, do_rescale=False)

@@ -190,18 +190,15 @@ def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
     return x.expand(k, m, m, ch, tp, p, p)
 
 
-def cut_regions(
-    frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, dtype: torch.dtype, normalize=None,
-) -> torch.Tensor:
+def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, normalize=None) -> torch.Tensor:
     """Rows of one temporal patch's kept regions.
 
     Args:
         frames: (F, C, H, W) pixels, F = 1 (tp copies) or tp; a level-k region (b = 2^(k-1)
             units on a side) becomes ONE unit, its pixels area-averaged by b (:func:`pool_sums`).
         regions: int (K, 3) (level, row, col) in units.
-        dtype: dtype of the rows (the stock one); integer rows are rounded.
-        normalize: (N, C, s, s) -> same shape, applied to the cut units (None: identity). Units
-            reach it as float (integer pixels converted exactly), all levels in one call.
+        normalize: float (N, C, s, s) units (integer pixels converted exactly, all levels in
+            one call) -> the same in the stock rows' values and dtype (None: identity).
     Returns:
         (K * m*m, C*tp*p*p) rows in region order.
     """
@@ -224,10 +221,8 @@ def cut_regions(
         start += len(pick)
     if normalize is not None:
         units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
-    if not dtype.is_floating_point:
-        units = units.round()
     back = torch.from_numpy(np.argsort(order)).to(frames.device)  # region order
-    return block_rows(units, m, p, tp).index_select(0, back).to(dtype).reshape(len(regions) * m * m, ch * tp * p * p)
+    return block_rows(units, m, p, tp).index_select(0, back).reshape(len(regions) * m * m, ch * tp * p * p)
 
 
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
@@ -235,15 +230,15 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
 
     Args:
         raw: (C, H, W) resized image before rescaling and normalisation.
-        normalize: the stock rescale + normalisation of (N, C, s, s) pixels.
+        normalize: (units, raw dtype) -> the units as the stock pipeline turns pixels of that
+            dtype into rows (see :func:`cut_regions`).
     Returns:
         rows ((num_kept * m*m, C*tp*p*p), the stock dtype) and regions int64 (num_kept, 4):
         (level, t, row, col).
     """
     sel = select_group([raw_image(raw, norm)], None, settings, m * p)
     regions = np.asarray(sel.regions, dtype=np.int64)
-    dtype = normalize(raw[None, :, :1, :1]).dtype  # what the stock pipeline makes of these pixels
-    rows = cut_regions(raw[None], regions, m, p, tp, dtype, normalize=normalize)
+    rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]])
 
 
@@ -257,6 +252,7 @@ def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, n
     ch = rows.shape[1] // (tp * p * p)
     units = rows.reshape(t, h // m, w // m, m, m, ch, tp, p, p)
     kept_rows, kept_regions, previous = [], [], None
+    integer = lambda x: x.round().to(rows.dtype)  # noqa: E731  (rows of integer frames: rounded means)
     for ti in range(t):
         frames = units[ti].permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(tp, ch, h * p, w * p)
         distinct = any(not torch.equal(frames[i], frames[0]) for i in range(1, tp))
@@ -264,7 +260,7 @@ def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, n
         images = [scoring_image(x, norm) for x in frames]
         regions = np.asarray(select_group(images, previous, settings, m * p).regions, dtype=np.int64)
         previous = images
-        kept_rows.append(cut_regions(frames, regions, m, p, tp, rows.dtype))
+        kept_rows.append(cut_regions(frames, regions, m, p, tp, None if rows.is_floating_point() else integer))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return _cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
@@ -364,12 +360,17 @@ class PruningImageProcessorMixin(PruningMixin):
         finally:
             _CAPTURE.raws = None
         norm = [kwargs[k] for k in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")]
-        return prune_batch(output, self.keys, settings, kwargs, raws, lambda x: self._normalize_units(x, *norm))
+        return prune_batch(output, self.keys, settings, kwargs, raws, lambda x, dtype: self._normalize_units(x, dtype, *norm))
 
-    def _normalize_units(self, x: torch.Tensor, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
-        """The stock rescale and normalisation of (N, C, s, s) pixels (either backend)."""
+    def _normalize_units(self, x: torch.Tensor, dtype: torch.dtype, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
+        """What the stock pipeline makes of (N, C, s, s) float pixels (exact values of a
+        ``dtype`` image) on their way to rows: its rescale and normalisation (elementwise),
+        then the dtype its patchify gives (torchvision: the image's own if neither step runs,
+        integers rounded; PIL: float32)."""
         stock = super()
         if hasattr(stock, "rescale_and_normalize"):  # torchvision backend: channels at dim -3
+            if not (do_rescale or do_normalize):
+                return (x if dtype.is_floating_point else x.round()).to(dtype)
             return stock.rescale_and_normalize(x, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
         n, c, s, _ = x.shape  # PIL backend: numpy, one (C, H, W) image
         y = x.permute(1, 0, 2, 3).reshape(c, n * s, s).numpy()
@@ -377,7 +378,7 @@ class PruningImageProcessorMixin(PruningMixin):
             y = stock.rescale(y, rescale_factor)
         if do_normalize:
             y = stock.normalize(y, image_mean, image_std)
-        return torch.from_numpy(np.asarray(y)).reshape(c, n, s, s).permute(1, 0, 2, 3)
+        return torch.from_numpy(np.asarray(y, dtype=np.float32)).reshape(c, n, s, s).permute(1, 0, 2, 3)
 
     def rescale_and_normalize(self, images, *args, **kwargs):
         """Stock (torchvision backend); passes the images through while pruning."""
