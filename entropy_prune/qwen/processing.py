@@ -2,18 +2,23 @@
 
 One LLM token = one merge unit = ``merge_size x merge_size`` patches (2 x 2 x 14 px = 28 px for
 Qwen2-VL). The core selection runs with ``patch_size = patch_size * merge_size`` so its base cell
-is exactly one unit, on the resized image the model sees: for images, the one the stock pipeline
-holds before normalisation (kept from ``rescale_and_normalize`` / ``rescale``), else recovered
-from the normalised pixels by undoing normalisation.
+is exactly one unit, on the resized image the model sees.
 
-A kept level-k region (``b = 2^(k-1)`` units on a side) becomes ONE unit: level 1 keeps its rows
-as the stock patchify cuts them; a coarse region's pixels (normalised values, every distinct
-temporal frame, all channels) are box-averaged by ``b`` down to one unit and cut into its
-``merge_size^2`` patch rows in the processor's layout. Normalisation is affine per channel, so
-averaging normalised values equals normalising averaged pixels. For images the wrapped
-``patchify`` keeps the normalised image and cuts no rows; only kept regions are cut.
+A kept level-k region (``b = 2^(k-1)`` units on a side) becomes ONE unit: its pixels (every
+distinct temporal frame, all channels) box-averaged by ``b`` down to one unit (level 1: the unit
+itself) and cut into its ``merge_size^2`` patch rows in the processor's layout.
 
-Videos: one selection per temporal patch (a row holds ``temporal_patch_size`` consecutive frames);
+Images: while pruning, the stock ``_preprocess`` resizes as usual, but its rescale and
+normalisation pass the pixels through and ``patchify`` keeps the resized image instead of
+cutting rows. That image is scored, the kept regions are cut from it, and only their units are
+rescaled and normalised, by the stock methods. Those are elementwise and affine per channel, so
+level-1 rows are bit-identical to the stock ones and averaging pixels before normalising equals
+averaging normalised values. Most of the image is never normalised or cut, which is why the
+wrapped processor can be faster than the stock one.
+Videos: the stock rows are cut as usual; each temporal patch's frames are recovered from them,
+the scoring image by undoing normalisation.
+
+Video selection: one per temporal patch (a row holds ``temporal_patch_size`` consecutive frames);
 a region's score is the larger of its scores on the frames of the pair. With
 ``temporal_threshold`` set, scores are also scaled by ``min(1, change / temporal_threshold)``,
 ``change`` = the region's mean absolute luma change (in [0, 1] units) from the previous temporal
@@ -343,11 +348,7 @@ class PruningMixin:
 
 
 class PruningImageProcessorMixin(PruningMixin):
-    """Images: while pruning, the stock ``_preprocess`` resizes as usual, but rescaling and
-    normalisation pass the pixels through and ``patchify`` keeps the resized image instead of
-    cutting rows. The image is scored as resized, and only the units of kept regions are cut,
-    rescaled and normalised by the stock methods (elementwise, so level-1 rows are bit-identical
-    to the stock ones)."""
+    """Images: rescale / normalise / patchify step aside while pruning (see the module docstring)."""
 
     keys = ("pixel_values", "image_grid_thw", REGIONS_KEY)
 
