@@ -49,3 +49,23 @@ def test_on_cuda(family):
             assert out.is_cuda and torch.isfinite(out.float()).all()
             length = pruned["input_ids"].shape[1]
             assert model.generate(**pruned, max_new_tokens=3, num_beams=2).shape == (2, length + 3)
+
+
+def test_processor_on_cuda():
+    """The torchvision image processor run on the GPU (``device="cuda"``): keep-all is stock, and
+    the pruned rows of full-resolution regions are the stock GPU rows of those units."""
+    proc = make_processor("torchvision")
+    images = [textured_image(112, 168, 0), textured_image(84, 84, 1)]
+    stock = proc.image_processor(images, device="cuda", return_tensors="pt")
+    keep_all = wrap_processor(proc, alpha=1.0).image_processor(images, device="cuda", return_tensors="pt")
+    assert keep_all["pixel_values"].is_cuda and torch.equal(keep_all["pixel_values"], stock["pixel_values"])
+    out = wrap_processor(proc, alpha=0.3).image_processor(images, device="cuda", return_tensors="pt")
+    regions = out[REGIONS_KEY].cpu()
+    assert out["pixel_values"].is_cuda and out["pixel_values"].shape[0] == 4 * len(regions)
+    assert (regions[:, 1] > 1).any()
+    grids = stock["image_grid_thw"].cpu()
+    starts = torch.cumsum(grids.prod(-1), 0) - grids.prod(-1)
+    for n, (i, level, _, r, c) in enumerate(regions.tolist()):
+        if level == 1:
+            unit = int(starts[i]) + 4 * (r * int(grids[i, 2]) // 2 + c)
+            assert torch.equal(out["pixel_values"][4 * n : 4 * n + 4], stock["pixel_values"][unit : unit + 4])

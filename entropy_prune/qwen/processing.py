@@ -121,8 +121,8 @@ def raw_image(raw: torch.Tensor, norm: dict) -> np.ndarray:
     """Resized (C, H, W) image before rescaling -> image for the core scores: uint8 as it is,
     other dtypes rescaled to [0, 1] and clipped (bicubic resizing can overshoot)."""
     if raw.dtype == torch.uint8:
-        return raw.numpy()
-    x = raw.to(torch.float32) * (float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0)
+        return raw.cpu().numpy()
+    x = raw.to("cpu", torch.float32) * (float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0)
     return x.clamp_(0.0, 1.0).numpy()
 
 
