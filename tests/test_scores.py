@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entropy_prune import detail_maps, entropy_maps
+from entropy_prune import detail_maps, entropy_maps, scores
 from strategies import images
 
 BT601 = np.array([0.299, 0.587, 0.114])
@@ -84,6 +84,22 @@ def test_detail_matches_resize_reference(img, p, k):
     maps = detail_maps(img, patch_size=p, num_scales=k)
     for level in range(1, k + 1):
         np.testing.assert_allclose(maps[level - 1], reference_detail(img, p, level), rtol=1e-5, atol=1e-4)
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 4]), st.integers(0, 9))
+def test_detail_in_bands_and_threads_matches_one_pass(seed, workers, extra_rows):
+    """A tall image (12 bands of 56 rows, then a partial band and partial edge cells) scores the
+    same in bands, one after another or in threads, as in one pass, and matches the reference."""
+    img = np.random.default_rng(seed).integers(0, 256, (56 * 12 + extra_rows, 45, 3), dtype=np.uint8)
+    whole = scores._detail_one(img, 7, 3)
+    original, scores._workers = scores._workers, lambda: workers
+    try:
+        maps = detail_maps(img, patch_size=7, num_scales=3)
+    finally:
+        scores._workers = original
+    for level, (got, expect) in enumerate(zip(maps, whole), 1):
+        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(got, reference_detail(img, 7, level), rtol=1e-5, atol=1e-4)
 
 
 @given(images(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([entropy_maps, detail_maps]))
