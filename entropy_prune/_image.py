@@ -72,13 +72,13 @@ def check_image(image: Any, channels_first: bool = False) -> np.ndarray:
     spatial = arr.shape[-3:-1] if arr.ndim >= 3 else arr.shape
     if arr.size == 0 or 0 in spatial:
         raise ValueError(f"image must not be empty, got shape {tuple(to_numpy(image).shape)}")
-    lo, hi = arr.min(), arr.max()
     if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = arr.min(), arr.max()
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError("image contains NaN or inf")
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
-    elif lo < 0:
+    elif np.issubdtype(arr.dtype, np.signedinteger) and (lo := arr.min()) < 0:  # unsigned: nothing to scan
         raise ValueError(f"integer image values must lie in [0, {np.iinfo(arr.dtype).max}], got min {lo}")
     return arr
 

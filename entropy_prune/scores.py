@@ -214,7 +214,7 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     g = gray(arr).astype(np.float64)
     if value_range(arr.dtype) != 255.0:
         g *= 255.0 / value_range(arr.dtype)
-    n = _cell_sums(np.ones((h, 1)), p) * _cell_sums(np.ones((1, w)), p)  # pixels per base cell
+    n = np.outer(np.minimum(p, h - np.arange(0, h, p)), np.minimum(p, w - np.arange(0, w, p)))  # pixels per cell
     s1, s2 = _cell_sums(g, p), _cell_sums(g, p, squared=True)
     maps = [_rms(s2 - s1 * s1 / n, s2, p)]
     # Energy of block means E_f = sum over f x f px blocks of (block sum)^2 / f^2. A level-(k+1)
