@@ -210,14 +210,14 @@ def expected_units(full, regions, unit=28):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("num_scales", [3, 4])
-def test_coarse_region_is_area_average(processors, images, backend, num_scales):
-    """Coarse units (also 8 x 8 blocks: 8-bit sums beyond int16's 4 x 4) are the area average of
-    the stock normalised pixels; every level-1 row is bit-identical to its stock row."""
+@pytest.mark.parametrize("num_scales, alpha", [(3, 0.2), (5, 0.035)])
+def test_coarse_region_is_area_average(processors, images, backend, num_scales, alpha):
+    """Coarse units (also 16 x 16 blocks, whose 8-bit pixel sums outgrow int16) are the area
+    average of the stock normalised pixels; every level-1 row is bit-identical to its stock row."""
     proc = processors[backend]
-    big = np.tile(images[0], (3, 3, 1))  # 12 x 18 units: blocks of 8 x 8 units exist
-    kw = dict(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 256}, return_tensors="pt")
-    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=0.2, num_scales=num_scales)
+    big = np.tile(images[0], (4, 3, 1))  # 16 x 18 units: a block of 16 x 16 units exists
+    kw = dict(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 288}, return_tensors="pt")
+    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=alpha, num_scales=num_scales)
     out = wrapped.image_processor([big], **kw)
     full = stock_frames(proc.image_processor([big], **kw))
     regions = out[REGIONS_KEY]

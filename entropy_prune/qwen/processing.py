@@ -163,15 +163,13 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def pool_sums(frames: torch.Tensor, unit_px: int) -> torch.Tensor:
-    """Sums of (F, C, H, W) frames over 2 x 2 px blocks, over whole blocks of 2 x 2 units: a
-    level's pixel sums -> the next coarser level's (each sum covers 4x as many pixels). Exact
-    for integer frames (8-bit sums in int16, wider ones in int32). Strided adds: on CPU
-    several times faster than ``avg_pool2d``."""
+def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Tensor:
+    """Sums of (F, C, H, W) frames over 2 x 2 px blocks, over whole blocks of 2 x 2 units, in
+    dtype ``wide``: a level's pixel sums -> the next coarser level's (each sum covers 4x as many
+    pixels). Strided adds: on CPU several times faster than ``avg_pool2d``."""
     block = 2 * unit_px
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
     pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
-    wide = frames.dtype if frames.is_floating_point() else torch.int16 if frames.dtype == torch.uint8 else torch.int32
     rows = pairs[..., 0, :].to(wide, copy=True)
     rows += pairs[..., 1, :]
     return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
@@ -212,10 +210,12 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
     work = frames.dtype if frames.is_floating_point() else torch.float32
     order = np.argsort(regions[:, 0], kind="stable")  # level by level, raster order within a level
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
-    sums, start = frames, 0  # level k: sums over 2^(k-1) x 2^(k-1) px blocks
+    top = None if frames.is_floating_point() else torch.iinfo(frames.dtype).max
+    sums, start = frames, 0  # level k: sums over 2^(k-1) x 2^(k-1) px blocks, exact for integers
     for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
         if level > 1:
-            sums = pool_sums(sums, s)
+            wide = work if top is None else torch.int16 if top << (2 * level - 2) < 1 << 15 else torch.int32
+            sums = pool_sums(sums, s, wide)
         pick = order[start : start + int((regions[:, 0] == level).sum())]
         r, c = (torch.from_numpy(regions[pick, i] >> (level - 1)).to(frames.device) for i in (1, 2))
         blocks, dst = unit_blocks(sums, r, c, s), units[start : start + len(pick)]
