@@ -89,8 +89,13 @@ def _workers() -> int:
 
 @functools.lru_cache(maxsize=None)
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared thread pool per worker count."""
+    """One shared thread pool per worker count (per process: a forked child, e.g. a DataLoader
+    worker, starts afresh instead of waiting on its parent's threads, which it does not have)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="entropy_prune")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:

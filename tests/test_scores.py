@@ -1,4 +1,6 @@
 import math
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -100,6 +102,26 @@ def test_detail_in_bands_and_threads_matches_one_pass(seed, workers, extra_rows)
     for level, (got, expect) in enumerate(zip(maps, whole), 1):
         np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(got, reference_detail(img, 7, level), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threaded_bands_work_in_a_forked_child():
+    """A child forked after the band threads started (a DataLoader worker, say) scores too,
+    instead of waiting forever on threads it does not have."""
+    img = np.random.default_rng(0).integers(0, 256, (56 * 6, 45, 3), dtype=np.uint8)
+    original, scores._workers = scores._workers, lambda: 2
+    try:
+        expect = detail_maps(img, patch_size=7, num_scales=3)[0]
+        child = multiprocessing.get_context("fork").Process(
+            target=lambda: os._exit(0 if np.array_equal(detail_maps(img, patch_size=7, num_scales=3)[0], expect) else 1)
+        )
+        child.start()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0
+    finally:
+        scores._workers = original
 
 
 @given(images(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([entropy_maps, detail_maps]))
