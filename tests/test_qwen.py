@@ -250,6 +250,24 @@ def test_integer_pixels_without_rescale_or_normalisation(processors, images, bac
         np.testing.assert_allclose(got, np.round(expect) if integer else expect, rtol=0, atol=0 if integer else 1e-4)
 
 
+def test_integer_video_rows_without_rescale_or_normalisation(processors):
+    """Videos whose stock rows are uint8 (no rescale, no normalisation): pruned rows stay uint8,
+    keep-all is stock and full-resolution rows are the stock rows of their units."""
+    proc = processors["torchvision"]
+    video = np.stack([textured_image(84, 112, s) for s in range(4)])
+    kw = dict(do_rescale=False, do_normalize=False, return_tensors="pt")
+    stock = proc.video_processor([video], **kw)
+    assert torch.equal(wrap_processor(proc, alpha=1.0).video_processor([video], **kw)["pixel_values_videos"], stock["pixel_values_videos"])
+    out = wrap_processor(proc, alpha=0.3).video_processor([video], **kw)
+    rows, regions = out["pixel_values_videos"], out[VIDEO_REGIONS_KEY]
+    assert rows.dtype == torch.uint8 and (regions[:, 1] > 1).any()
+    t, h, w = stock["video_grid_thw"][0].tolist()
+    for n, (_, level, ti, r, c) in enumerate(regions.tolist()):
+        if level == 1:
+            unit = ti * h * w + 4 * (r * (w // 2) + c)
+            assert torch.equal(rows[4 * n : 4 * n + 4], stock["pixel_values_videos"][unit : unit + 4])
+
+
 def test_positions_of_coarse_regions(processors, model, images, texts):
     """LLM positions follow the documented rule: region (level, r, c) -> (r + (b-1)//2, c + (b-1)//2)
     offset by the text before it, and text continues after max(grid) / 2 units."""
