@@ -88,14 +88,15 @@ def _workers() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared thread pool per worker count (per process: a forked child, e.g. a DataLoader
-    worker, starts afresh instead of waiting on its parent's threads, which it does not have)."""
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The package's shared thread pool with ``workers`` threads (per process: a forked child,
+    e.g. a DataLoader worker, starts afresh instead of waiting on its parent's threads, which it
+    does not have)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="entropy_prune")
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_pool.cache_clear)
+    os.register_at_fork(after_in_child=thread_pool.cache_clear)
 
 
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
@@ -112,7 +113,7 @@ def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
     if workers < 2:
         parts = [fn(arr[y:y + band]) for y in starts]
     else:
-        parts = list(_pool(workers).map(lambda y: fn(arr[y:y + band]), starts))
+        parts = list(thread_pool(workers).map(lambda y: fn(arr[y:y + band]), starts))
     return [np.concatenate([part[k] for part in parts]) for k in range(num_scales)]
 
 
