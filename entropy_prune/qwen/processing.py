@@ -14,7 +14,8 @@ cutting rows. That image is scored, the kept regions are cut from it, and only t
 rescaled and normalised, by the stock methods. Those are elementwise and affine per channel, so
 level-1 rows are bit-identical to the stock ones and averaging pixels before normalising equals
 averaging normalised values. Most of the image is never normalised or cut, which is why the
-wrapped processor can be faster than the stock one.
+wrapped processor can be faster than the stock one. The coarse levels' pixel sums are computed
+in a background thread while the image is scored.
 Videos: the stock rows are cut as usual; each temporal patch's frames are recovered from them,
 the scoring image by undoing normalisation.
 
