@@ -79,10 +79,10 @@ def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: 
 BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
 
 
-def _workers() -> int:
-    """Threads for the bands: half the cores this process may use (1 on a 2-core machine). The
-    other half stay with the caller's own threads: in a processor, torch's, and on two cores
-    numpy threads beside them ran slower than one."""
+def score_workers() -> int:
+    """Threads for the detail score's bands: half the cores this process may use (1 on a 2-core
+    machine). The other half stay with the caller's own threads: in a processor, torch's, and on
+    two cores numpy threads beside them ran slower than one."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // 2)
 
@@ -102,14 +102,14 @@ if hasattr(os, "register_at_fork"):
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
     """Apply ``fn`` (image -> list of maps) to horizontal bands of whole coarsest-level blocks,
     so its float64 temporaries stay cache-sized, and stack the maps; bands run in
-    :func:`_workers` threads (numpy releases the GIL). Cells never straddle a band, so the
+    :func:`score_workers` threads (numpy releases the GIL). Cells never straddle a band, so the
     numbers are those of one call on the whole image."""
     block = p << (num_scales - 1)
     band = block * -(-BAND_CELLS // (1 << (num_scales - 1)))
     starts = range(0, arr.shape[0], band)
     if len(starts) < 2:
         return fn(arr)
-    workers = min(_workers(), len(starts))
+    workers = min(score_workers(), len(starts))
     if workers < 2:
         parts = [fn(arr[y:y + band]) for y in starts]
     else:

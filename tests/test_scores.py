@@ -94,11 +94,11 @@ def test_detail_in_bands_and_threads_matches_one_pass(seed, workers, extra_rows)
     same in bands, one after another or in threads, as in one pass, and matches the reference."""
     img = np.random.default_rng(seed).integers(0, 256, (56 * 12 + extra_rows, 45, 3), dtype=np.uint8)
     whole = scores._detail_one(img, 7, 3)
-    original, scores._workers = scores._workers, lambda: workers
+    original, scores.score_workers = scores.score_workers, lambda: workers
     try:
         maps = detail_maps(img, patch_size=7, num_scales=3)
     finally:
-        scores._workers = original
+        scores.score_workers = original
     for level, (got, expect) in enumerate(zip(maps, whole), 1):
         np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(got, reference_detail(img, 7, level), rtol=1e-5, atol=1e-4)
@@ -109,7 +109,7 @@ def test_threaded_bands_work_in_a_forked_child():
     """A child forked after the band threads started (a DataLoader worker, say) scores too,
     instead of waiting forever on threads it does not have."""
     img = np.random.default_rng(0).integers(0, 256, (56 * 6, 45, 3), dtype=np.uint8)
-    original, scores._workers = scores._workers, lambda: 2
+    original, scores.score_workers = scores.score_workers, lambda: 2
     try:
         expect = detail_maps(img, patch_size=7, num_scales=3)[0]
         child = multiprocessing.get_context("fork").Process(
@@ -121,7 +121,7 @@ def test_threaded_bands_work_in_a_forked_child():
             child.kill()
         assert child.exitcode == 0
     finally:
-        scores._workers = original
+        scores.score_workers = original
 
 
 @given(images(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([entropy_maps, detail_maps]))

@@ -14,8 +14,8 @@ cutting rows. That image is scored, the kept regions are cut from it, and only t
 rescaled and normalised, by the stock methods. Those are elementwise and affine per channel, so
 level-1 rows are bit-identical to the stock ones and averaging pixels before normalising equals
 averaging normalised values. Most of the image is never normalised or cut, which is why the
-wrapped processor can be faster than the stock one. The coarse levels' pixel sums are computed
-in a background thread while the image is scored.
+wrapped processor can be faster than the stock one. On machines where the score runs in one
+thread, the coarse levels' pixel sums are computed in another while the image is scored.
 Videos: the stock rows are cut as usual; each temporal patch's frames are recovered from them,
 the scoring image by undoing normalisation.
 
@@ -40,7 +40,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from ..scores import score_maps, thread_pool
+from ..scores import score_maps, score_workers, thread_pool
 from ..selection import check_settings as check_selection
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
@@ -244,8 +244,10 @@ def cut_regions(sums: list[torch.Tensor], regions: np.ndarray, m: int, p: int, t
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
     """Prune one image: score and cut its resized pixels, then rescale/normalise only the cut units.
 
-    The coarse levels' pixel sums are computed in another thread while the image is scored
-    (torch and numpy release the GIL; on 2 cores this saved ~0.7 ms of a 13 ms call at 1 MP).
+    Where the score runs in one thread (:func:`entropy_prune.scores.score_workers`), the coarse
+    levels' pixel sums are computed in another while the image is scored (torch and numpy
+    release the GIL; on 2 cores this saved ~0.7 ms of a 13 ms call at 1 MP). Where the score
+    has threads of its own, they follow it: beside them they ran slower (16 cores).
 
     Args:
         raw: (C, H, W) resized image before rescaling and normalisation.
@@ -256,10 +258,12 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
         (level, t, row, col).
     """
     levels = 1 if settings["mode"] == "drop" else settings["num_scales"]
-    sums = thread_pool(1).submit(level_sums, raw[None], m * p, levels)
+    beside = score_workers() == 1
+    sums = thread_pool(1).submit(level_sums, raw[None], m * p, levels) if beside else None
     sel = select_group([raw_image(raw, norm)], None, settings, m * p)
     regions = np.asarray(sel.regions, dtype=np.int64)
-    rows = cut_regions(sums.result(), regions, m, p, tp, lambda units: normalize(units, raw.dtype))
+    sums = sums.result() if beside else level_sums(raw[None], m * p, int(regions[:, 0].max(initial=1)))
+    rows = cut_regions(sums, regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]])
 
 
