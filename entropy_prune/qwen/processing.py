@@ -176,14 +176,14 @@ def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Te
     return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
 
 
-def unit_blocks(frames: torch.Tensor, r: torch.Tensor, c: torch.Tensor, s: int) -> torch.Tensor:
+def unit_blocks(frames: torch.Tensor, r: np.ndarray, c: np.ndarray, s: int) -> torch.Tensor:
     """(F, C, H, W) frames -> (K, F, C, s, s): the s x s px units at unit rows r, cols c (K,)."""
     hu, wu = frames.shape[-2] // s, frames.shape[-1] // s
     grid = frames[..., : hu * s, : wu * s].unflatten(-1, (wu, s)).unflatten(-3, (hu, s))  # (F, C, hu, s, wu, s)
     grid = grid.permute(2, 4, 0, 1, 3, 5)
     if grid.device.type == "cpu" and grid.dtype != torch.bfloat16:  # numpy copies these short runs ~2x faster
-        return torch.from_numpy(grid.numpy()[r.numpy(), c.numpy()])
-    return grid[r, c]
+        return torch.from_numpy(grid.numpy()[r, c])
+    return grid[torch.from_numpy(r).to(grid.device), torch.from_numpy(c).to(grid.device)]
 
 
 def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
@@ -228,7 +228,7 @@ def cut_regions(sums: list[torch.Tensor], regions: np.ndarray, m: int, p: int, t
     start = 0
     for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
         pick = order[start : start + int((regions[:, 0] == level).sum())]
-        r, c = (torch.from_numpy(regions[pick, i] >> (level - 1)).to(frames.device) for i in (1, 2))
+        r, c = regions[pick, 1] >> (level - 1), regions[pick, 2] >> (level - 1)
         blocks, dst = unit_blocks(sums[level - 1], r, c, s), units[start : start + len(pick)]
         if level > 1:
             torch.mul(blocks, 1.0 / (1 << (2 * level - 2)), out=dst)  # sums -> means
