@@ -250,18 +250,6 @@ def test_integer_pixels_without_rescale_or_normalisation(processors, images, bac
         np.testing.assert_allclose(got, np.round(expect) if integer else expect, rtol=0, atol=0 if integer else 1e-4)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_same_output_whether_coarse_sums_overlap_the_score(processors, images, backend, monkeypatch):
-    """One score thread: the coarse sums run beside the score; several: after it. Same output."""
-    import entropy_prune.qwen.processing as processing
-
-    wrapped = wrap_processor(processors[backend], alpha=0.3)
-    one = wrapped.image_processor(images, return_tensors="pt")
-    monkeypatch.setattr(processing, "score_workers", lambda: 4)
-    four = wrapped.image_processor(images, return_tensors="pt")
-    assert torch.equal(one["pixel_values"], four["pixel_values"]) and torch.equal(one[REGIONS_KEY], four[REGIONS_KEY])
-
-
 def test_integer_video_rows_without_rescale_or_normalisation(processors):
     """Videos whose stock rows are uint8 (no rescale, no normalisation): pruned rows stay uint8,
     keep-all is stock and full-resolution rows are the stock rows of their units."""

@@ -14,8 +14,7 @@ cutting rows. That image is scored, the kept regions are cut from it, and only t
 rescaled and normalised, by the stock methods. Those are elementwise and affine per channel, so
 level-1 rows are bit-identical to the stock ones and averaging pixels before normalising equals
 averaging normalised values. Most of the image is never normalised or cut, which is why the
-wrapped processor can be faster than the stock one. On machines where the score runs in one
-thread, the coarse levels' pixel sums are computed in another while the image is scored.
+wrapped processor can be faster than the stock one.
 Videos: the stock rows are cut as usual; each temporal patch's frames are recovered from them,
 the scoring image by undoing normalisation.
 
@@ -40,7 +39,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from ..scores import score_maps, score_workers, thread_pool
+from ..scores import score_maps
 from ..selection import check_settings as check_selection
 from ..selection import default_score, select_patches
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
@@ -164,18 +163,12 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype, in_numpy: bool = False) -> torch.Tensor:
+def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Tensor:
     """Sums of (F, C, H, W) frames over 2 x 2 px blocks, over whole blocks of 2 x 2 units, in
     dtype ``wide``: a level's pixel sums -> the next coarser level's (each sum covers 4x as many
-    pixels). Strided adds: on CPU several times faster than ``avg_pool2d``. ``in_numpy`` (CPU
-    frames) adds with numpy instead, for threads other than the caller's: torch ops there give
-    OpenMP a second thread team, after which the caller's own torch ops ran up to 1.6x slower."""
+    pixels). Strided adds: on CPU several times faster than ``avg_pool2d``."""
     block = 2 * unit_px
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
-    if in_numpy:
-        x = frames.numpy()[..., :h, :w]
-        rows = np.add(x[..., 0::2, :], x[..., 1::2, :], dtype=str(wide).removeprefix("torch."))
-        return torch.from_numpy(rows[..., 0::2] + rows[..., 1::2])
     pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
     rows = pairs[..., 0, :].to(wide, copy=True)
     rows += pairs[..., 1, :]
@@ -200,16 +193,15 @@ def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
     return x.expand(k, m, m, ch, tp, p, p)
 
 
-def level_sums(frames: torch.Tensor, s: int, levels: int, in_numpy: bool = False) -> list[torch.Tensor]:
+def level_sums(frames: torch.Tensor, s: int, levels: int) -> list[torch.Tensor]:
     """[frames, their sums over 2 x 2 px blocks, over 4 x 4, ...]: level k's pixel sums over
     2^(k-1) x 2^(k-1) px blocks (whole blocks of 2^(k-1) units of s px), for k = 1..levels.
-    Exact for integer frames: int16 while 8-bit sums fit, int32 beyond. ``in_numpy``: see
-    :func:`pool_sums`."""
+    Exact for integer frames: int16 while 8-bit sums fit, int32 beyond."""
     top = None if frames.is_floating_point() else torch.iinfo(frames.dtype).max
     out = [frames]
     for level in range(2, levels + 1):
         wide = frames.dtype if top is None else torch.int16 if top << (2 * level - 2) < 1 << 15 else torch.int32
-        out.append(pool_sums(out[-1], s, wide, in_numpy))
+        out.append(pool_sums(out[-1], s, wide))
     return out
 
 
@@ -251,12 +243,6 @@ def cut_regions(sums: list[torch.Tensor], regions: np.ndarray, m: int, p: int, t
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
     """Prune one image: score and cut its resized pixels, then rescale/normalise only the cut units.
 
-    Where the score runs in one thread (:func:`entropy_prune.scores.score_workers`), the coarse
-    levels' pixel sums of a CPU image are computed with numpy in another while the image is
-    scored (numpy releases the GIL; on 2 cores this saved ~0.7 ms of a 13 ms call at 1 MP).
-    Where the score has threads of its own, the sums follow it, in torch: beside them they ran
-    slower (16 cores).
-
     Args:
         raw: (C, H, W) resized image before rescaling and normalisation.
         normalize: (units, raw dtype) -> the units as the stock pipeline turns pixels of that
@@ -265,12 +251,9 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
         rows ((num_kept * m*m, C*tp*p*p), the stock dtype) and regions int64 (num_kept, 4):
         (level, t, row, col).
     """
-    levels = 1 if settings["mode"] == "drop" else settings["num_scales"]
-    beside = score_workers() == 1 and raw.device.type == "cpu" and raw.dtype != torch.bfloat16
-    sums = thread_pool(1).submit(level_sums, raw[None], m * p, levels, True) if beside else None
     sel = select_group([raw_image(raw, norm)], None, settings, m * p)
     regions = np.asarray(sel.regions, dtype=np.int64)
-    sums = sums.result() if beside else level_sums(raw[None], m * p, int(regions[:, 0].max(initial=1)))
+    sums = level_sums(raw[None], m * p, int(regions[:, 0].max(initial=1)))
     rows = cut_regions(sums, regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]])
 
