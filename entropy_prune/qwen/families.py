@@ -67,6 +67,13 @@ class VisualItem:
         return int(self.positions.shape[1])
 
 
+def centre_offset(level: torch.Tensor) -> torch.Tensor:
+    """Units from a level's region's top-left unit to its representative unit, the one at (or
+    just up-left of) its centre: (b - 1) // 2, b = 2^(level-1). Gives the region's LLM position
+    and, for Qwen2.5-VL, its window."""
+    return ((1 << (level - 1)) - 1) // 2
+
+
 def full_grid_regions(grid_thw: torch.Tensor, m: int) -> torch.Tensor:
     """Level-1 regions (item, level, t, row, col) of every unit of every (t, h, w) grid, stock order."""
     out = []
@@ -104,7 +111,7 @@ class Qwen2VLFamily:
         out = []
         for i, (t, h, w) in enumerate(grid_thw.tolist()):
             level, tt, r, c = regions[regions[:, 0] == i, 1:].unbind(1)
-            off = ((1 << (level - 1)) - 1) // 2
+            off = centre_offset(level)
             time = self.time_positions(base, modality, i, t, inputs)[tt]
             out.append(VisualItem(torch.stack([time, r + off, c + off]), max(h, w) // m))
         return out
@@ -174,7 +181,7 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
         m = self.merge_size(base)
         cfg = base.config.vision_config
         units = cfg.window_size // m // cfg.patch_size  # window side in units
-        off = ((1 << (regions[:, 1] - 1)) - 1) // 2
+        off = centre_offset(regions[:, 1])
         wr, wc = (regions[:, 3] + off) // units, (regions[:, 4] + off) // units
         span = [int(x.max()) + 1 if len(x) else 1 for x in (regions[:, 2], wr, wc, regions[:, 3], regions[:, 4])]
         window = ((regions[:, 0] * span[0] + regions[:, 2]) * span[1] + wr) * span[2] + wc
