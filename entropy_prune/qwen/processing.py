@@ -39,6 +39,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from .._image import BT601
 from ..scores import score_maps
 from ..selection import check_settings as check_selection
 from ..selection import default_score, select_patches
@@ -52,6 +53,9 @@ REGIONS_KEY = "image_kept_regions"
 region's top-left unit in merge-unit coordinates, sorted by (image, t, row, col)."""
 VIDEO_REGIONS_KEY = "video_kept_regions"
 """Same for videos: rows (video, level, t, row, col), t = temporal patch index."""
+
+NORM_KEYS = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+"""``_preprocess`` arguments of the stock rescale and normalisation, in the order they take them."""
 
 SETTINGS = {
     "patch_selection_method": "budget",
@@ -128,7 +132,7 @@ def raw_image(raw: torch.Tensor, norm: dict) -> np.ndarray:
 
 def _luma01(image: np.ndarray) -> np.ndarray:
     """(H, W) BT.601 luma in [0, 1] of a (3, H, W) scoring image (uint8 or [0, 1] float)."""
-    y = np.tensordot(np.array([0.299, 0.587, 0.114]), image.astype(np.float64), axes=1)
+    y = np.tensordot(np.array(BT601), image.astype(np.float64), axes=1)
     return y / 255.0 if image.dtype == np.uint8 else y
 
 
@@ -294,7 +298,7 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     """
     pixel_key, grid_key, regions_key = keys
     pixel_values, grids = output[pixel_key], output[grid_key]
-    norm = {k: kwargs[k] for k in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")}
+    norm = {k: kwargs[k] for k in NORM_KEYS}
     geometry = (kwargs["patch_size"], kwargs["merge_size"], kwargs["temporal_patch_size"])
     as_numpy = isinstance(pixel_values, np.ndarray)
     pv = torch.as_tensor(pixel_values)
@@ -372,7 +376,7 @@ class PruningImageProcessorMixin(PruningMixin):
             raws = _CAPTURE.raws
         finally:
             _CAPTURE.raws = None
-        norm = [kwargs[k] for k in ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")]
+        norm = [kwargs[k] for k in NORM_KEYS]
         return prune_batch(output, self.keys, settings, kwargs, raws, lambda x, dtype: self._normalize_units(x, dtype, *norm))
 
     def _normalize_units(self, x: torch.Tensor, dtype: torch.dtype, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
