@@ -66,6 +66,16 @@ def prompt(processor, question: str = "Describe this image.") -> str:
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
+def image_tokens(output) -> int:
+    """Image tokens the LLM sees in a processor output: its kept regions when pruned, else the
+    full grids' merge units (2 x 2 patches)."""
+    from entropy_prune.qwen import REGIONS_KEY
+
+    if REGIONS_KEY in output:
+        return len(output[REGIONS_KEY])
+    return int(output["image_grid_thw"].prod(-1).sum()) // 4
+
+
 # argparse types shared by the benchmarks
 def positive_int(text: str) -> int:
     value = int(text)

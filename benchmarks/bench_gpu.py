@@ -30,7 +30,7 @@ import time
 import _qwen_setup as setup
 import torch
 
-from entropy_prune.qwen import REGIONS_KEY, patch_model, wrap_processor
+from entropy_prune.qwen import patch_model, wrap_processor
 
 VISION_2B_7B = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu")
 MODELS = {
@@ -108,13 +108,6 @@ def median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def image_tokens(inputs) -> int:
-    """Image tokens the LLM sees: kept regions when pruned, else the full grid's merge units."""
-    if REGIONS_KEY in inputs:
-        return len(inputs[REGIONS_KEY])
-    return int(inputs["image_grid_thw"].prod(-1).sum()) // 4
-
-
 def first_token_logits(model, inputs) -> torch.Tensor:
     """(B, vocab) logits of the first generated token: vision tower + prefill."""
     with torch.inference_mode():
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 peak_text = f"{peak:.0f}" if device.type == "cuda" else "-"
                 e2e = proc_ms[mp, label] + ttft
                 base = base or (ttft, e2e)
-                row = dict(model=name, mp=mp, photo=photos[mp], setting=label, tokens=image_tokens(batch),
+                row = dict(model=name, mp=mp, photo=photos[mp], setting=label, tokens=setup.image_tokens(batch),
                            seq=int(batch["input_ids"].shape[1]), proc_ms=proc_ms[mp, label], ttft_ms=ttft,
                            speedup=base[0] / ttft, e2e_ms=e2e, e2e_speedup=base[1] / e2e, peak_mb=peak)
                 rows.append(row)

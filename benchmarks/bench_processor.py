@@ -20,14 +20,7 @@ import time
 import _qwen_setup as setup
 import torch
 
-from entropy_prune.qwen import REGIONS_KEY, wrap_processor
-
-
-def image_tokens(output) -> tuple[int, int]:
-    """(tokens before pruning = full grid units, tokens after = image placeholders in input_ids)."""
-    before = int(output["image_grid_thw"].prod(-1).sum()) // 4
-    after = len(output[REGIONS_KEY]) if REGIONS_KEY in output else before
-    return before, after
+from entropy_prune.qwen import wrap_processor
 
 
 def timed(fn) -> tuple[float, object]:
@@ -55,8 +48,7 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
             ms, outputs[name] = timed(calls[name])
             if i >= 2:
                 times[name].append(ms)
-    before, _ = image_tokens(outputs["stock"])
-    _, after = image_tokens(outputs["wrapped"])
+    before, after = setup.image_tokens(outputs["stock"]), setup.image_tokens(outputs["wrapped"])
     placeholders = int((outputs["wrapped"]["input_ids"] == stock.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
     assert placeholders == after, (placeholders, after)
     stock_ms, wrapped_ms = statistics.median(times["stock"]), statistics.median(times["wrapped"])
