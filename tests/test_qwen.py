@@ -56,16 +56,23 @@ def run(proc, images, texts, **kwargs):
     return proc(images=images, text=texts, return_tensors="pt", padding=True, **kwargs)
 
 
+def item_frames(rows, grid, p=14, m=2):
+    """One image's stock rows (grid (1, h, w) patches) -> its (2, 3, H, W) frames (the temporal copies)."""
+    _, h, w = (int(v) for v in grid)
+    x = torch.as_tensor(rows).reshape(h // m, w // m, m, m, 3, 2, p, p)  # (hu, wu, mh, mw, C, T, ph, pw)
+    return x.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(2, 3, h * p, w * p)
+
+
 def raw_images(proc, images):
     """Resized uint8 images as the stock processor produced them, rebuilt from un-normalised rows
     (independent of the adapter's de-normalisation)."""
     out = proc.image_processor(images, do_rescale=False, do_normalize=False, return_tensors="pt")
     p, m = proc.image_processor.patch_size, proc.image_processor.merge_size
     rows, start, result = out["pixel_values"], 0, []
-    for t, h, w in out["image_grid_thw"].tolist():
-        x = rows[start : start + t * h * w].reshape(h // m, w // m, m, m, 3, 2, p, p)[..., 0, :, :]
-        start += t * h * w
-        x = x.permute(0, 2, 5, 1, 3, 6, 4).reshape(h * p, w * p, 3)  # (hu, mh, ph, wu, mw, pw, C)
+    for grid in out["image_grid_thw"].tolist():
+        n = grid[0] * grid[1] * grid[2]
+        x = item_frames(rows[start : start + n], grid, p, m)[0].permute(1, 2, 0)
+        start += n
         result.append(x.round().to(torch.uint8).numpy())
     return result
 
@@ -193,11 +200,9 @@ def test_drop_top_rows_equals_stock_on_cropped_grid(processors, patched, backend
     assert torch.equal(logits(patched, ours), reference)
 
 
-def stock_frames(out, p=14, m=2):
-    """Stock image rows of one image -> its (T, C, H, W) frames, float64."""
-    _, gh, gw = out["image_grid_thw"][0].tolist()
-    full = torch.as_tensor(out["pixel_values"]).reshape(gh // m, gw // m, m, m, 3, 2, p, p)
-    return full.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(2, 3, gh * p, gw * p).numpy().astype(np.float64)
+def stock_frames(out):
+    """Stock image output of one image -> its (T, C, H, W) frames, float64."""
+    return item_frames(out["pixel_values"], out["image_grid_thw"][0]).numpy().astype(np.float64)
 
 
 def expected_units(full, regions, unit=28):
