@@ -214,6 +214,13 @@ def _rms(squared_error: np.ndarray, energy: np.ndarray, p: int) -> np.ndarray:
     return np.sqrt(squared_error / (p * p))
 
 
+def _pool2(x: np.ndarray) -> np.ndarray:
+    """Sums of a (2R, 2C) array over 2 x 2 blocks: (R, C). Row pairs by a reduction (~2x faster
+    than adding strided rows), then column pairs."""
+    pairs = x.reshape(x.shape[0] // 2, 2, -1).sum(1)
+    return pairs[:, 0::2] + pairs[:, 1::2]
+
+
 def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
@@ -221,7 +228,12 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     if value_range(arr.dtype) != 255.0:
         g *= 255.0 / value_range(arr.dtype)
     n = np.outer(np.minimum(p, h - np.arange(0, h, p)), np.minimum(p, w - np.arange(0, w, p)))  # pixels per cell
-    s1, s2 = _cell_sums(g, p), _cell_sums(g, p, squared=True)
+    # 2 x 2 px sums, needed by level 2; where they tile every cell, they also give the cell sums
+    # from a quarter of the values
+    halves = num_scales > 1 and p % 2 == 0 and h % (2 * p) == 0 and w % (2 * p) == 0
+    blocks = _pool2(g) if halves else None
+    s1 = _cell_sums(blocks, p // 2) if halves else _cell_sums(g, p)
+    s2 = _cell_sums(g, p, squared=True)
     maps = [_rms(s2 - s1 * s1 / n, s2, p)]
     # Energy of block means E_f = sum over f x f px blocks of (block sum)^2 / f^2. A level-(k+1)
     # region shown as one token holds means over f = 2^k px blocks, its four children means over
@@ -232,9 +244,7 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
         if rk == 0 or ck == 0:
             maps.append(np.zeros((rk, ck)))
             continue
-        f = sums[: rk * 2 * p, : ck * 2 * p]
-        pairs = f[0::2] + f[1::2]
-        sums = pairs[:, 0::2] + pairs[:, 1::2]
+        sums = blocks if k == 1 and halves else _pool2(sums[: rk * 2 * p, : ck * 2 * p])
         coarse = _cell_sums(sums, p, squared=True) / float(1 << (2 * k))
         fine = _cell_sums(fine[: rk * 2, : ck * 2], 2)
         maps.append(_rms(fine - coarse, fine, p))

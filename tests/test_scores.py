@@ -88,6 +88,16 @@ def test_detail_matches_resize_reference(img, p, k):
         np.testing.assert_allclose(maps[level - 1], reference_detail(img, p, level), rtol=1e-5, atol=1e-4)
 
 
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 4, 6]), st.integers(1, 3), st.integers(1, 3), st.integers(2, 4))
+def test_detail_from_pixel_pairs_matches_reference(seed, p, rows, cols, k):
+    """Images that are whole blocks of 2 x 2 cells (even p) take the cell sums from the 2 x 2 px
+    sums; the maps still match the reference."""
+    img = np.random.default_rng(seed).integers(0, 256, (2 * p * rows, 2 * p * cols, 3), dtype=np.uint8)
+    maps = detail_maps(img, patch_size=p, num_scales=k)
+    for level in range(1, k + 1):
+        np.testing.assert_allclose(maps[level - 1], reference_detail(img, p, level), rtol=1e-5, atol=1e-4)
+
+
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 4]), st.integers(0, 9))
 def test_detail_in_bands_and_threads_matches_one_pass(seed, workers, extra_rows):
     """A tall image (12 bands of 56 rows, then a partial band and partial edge cells) scores the
