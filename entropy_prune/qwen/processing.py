@@ -168,9 +168,9 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Tensor:
-    """Sums of (F, C, H, W) frames over 2 x 2 px blocks, over whole blocks of 2 x 2 units, in
-    dtype ``wide``: a level's pixel sums -> the next coarser level's (each sum covers 4x as many
-    pixels). Strided adds: on CPU several times faster than ``avg_pool2d``."""
+    """Sums of (..., H, W) pixels over 2 x 2 px blocks, over whole blocks of 2 x 2 units of
+    ``unit_px``, in dtype ``wide``: pixel sums of one level -> the next coarser level's (each
+    sum covers 4x as many pixels). Strided adds: on CPU several times faster than ``avg_pool2d``."""
     block = 2 * unit_px
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
     pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
@@ -197,46 +197,48 @@ def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
     return x.expand(k, m, m, ch, tp, p, p)
 
 
-def level_sums(frames: torch.Tensor, s: int, levels: int) -> list[torch.Tensor]:
-    """[frames, their sums over 2 x 2 px blocks, over 4 x 4, ...]: level k's pixel sums over
-    2^(k-1) x 2^(k-1) px blocks (whole blocks of 2^(k-1) units of s px), for k = 1..levels.
-    Exact for integer frames: int16 while 8-bit sums fit, int32 beyond."""
-    top = None if frames.is_floating_point() else torch.iinfo(frames.dtype).max
-    out = [frames]
-    for level in range(2, levels + 1):
-        wide = frames.dtype if top is None else torch.int16 if top << (2 * level - 2) < 1 << 15 else torch.int32
-        out.append(pool_sums(out[-1], s, wide))
-    return out
+def sum_dtype(dtype: torch.dtype, level: int) -> torch.dtype:
+    """dtype that holds sums of ``dtype`` pixels over 2^(level-1) x 2^(level-1) px blocks
+    exactly: floats as they are; integers int16 while the largest sum fits, int32 beyond."""
+    if dtype.is_floating_point:
+        return dtype
+    return torch.int16 if torch.iinfo(dtype).max << (2 * level - 2) < 1 << 15 else torch.int32
 
 
-def cut_regions(sums: list[torch.Tensor], regions: np.ndarray, m: int, p: int, tp: int, normalize=None) -> torch.Tensor:
+def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, normalize=None) -> torch.Tensor:
     """Rows of one temporal patch's kept regions.
 
+    A level-k region (b = 2^(k-1) units on a side) becomes ONE unit, its pixels area-averaged
+    by b: level 2 from the image's 2 x 2 px sums, deeper levels by pooling those sums further
+    within the kept regions only.
+
     Args:
-        sums: :func:`level_sums` of the (F, C, H, W) pixels (F = 1: tp copies, or tp), at least
-            to the highest level in ``regions``; a level-k region (b = 2^(k-1) units on a side)
-            becomes ONE unit, its pixels area-averaged by b.
+        frames: (F, C, H, W) pixels of the temporal patch (F = 1: tp copies, or tp).
         regions: int (K, 3) (level, row, col) in units.
         normalize: float (N, C, s, s) units (integer pixels converted exactly, all levels in
             one call) -> the same in the stock rows' values and dtype (None: identity).
     Returns:
         (K * m*m, C*tp*p*p) rows in region order.
     """
-    frames = sums[0]
     f, ch = frames.shape[:2]
     s = m * p
     work = frames.dtype if frames.is_floating_point() else torch.float32
     order = np.argsort(regions[:, 0], kind="stable")  # level by level, raster order within a level
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
+    top = int(regions[:, 0].max(initial=1))
+    pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None  # 2 x 2 px sums
     start = 0
-    for level in range(1, int(regions[:, 0].max(initial=0)) + 1):
+    for level in range(1, top + 1):
         pick = order[start : start + int((regions[:, 0] == level).sum())]
         r, c = regions[pick, 1] >> (level - 1), regions[pick, 2] >> (level - 1)
-        blocks, dst = unit_blocks(sums[level - 1], r, c, s), units[start : start + len(pick)]
-        if level > 1:
-            torch.mul(blocks, 1.0 / (1 << (2 * level - 2)), out=dst)  # sums -> means
+        dst = units[start : start + len(pick)]
+        if level == 1:
+            dst.copy_(unit_blocks(frames, r, c, s))
         else:
-            dst.copy_(blocks)
+            blocks = unit_blocks(pairs, r, c, s << (level - 2))  # (K, F, C, s*b/2, s*b/2) pair sums
+            for half in range(level - 3, -1, -1):
+                blocks = pool_sums(blocks, s << half, blocks.dtype)
+            torch.mul(blocks, 1.0 / (1 << (2 * level - 2)), out=dst)  # sums -> means
         start += len(pick)
     if normalize is not None:
         units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
@@ -257,8 +259,7 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
     """
     sel = select_group([raw_image(raw, norm)], None, settings, m * p)
     regions = np.asarray(sel.regions, dtype=np.int64)
-    sums = level_sums(raw[None], m * p, int(regions[:, 0].max(initial=1)))
-    rows = cut_regions(sums, regions, m, p, tp, lambda units: normalize(units, raw.dtype))
+    rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]])
 
 
@@ -280,8 +281,7 @@ def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, n
         images = [scoring_image(x, norm) for x in frames]
         regions = np.asarray(select_group(images, previous, settings, m * p).regions, dtype=np.int64)
         previous = images
-        sums = level_sums(frames, m * p, int(regions[:, 0].max(initial=1)))
-        kept_rows.append(cut_regions(sums, regions, m, p, tp, None if rows.is_floating_point() else integer))
+        kept_rows.append(cut_regions(frames, regions, m, p, tp, None if rows.is_floating_point() else integer))
         kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
     return _cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
