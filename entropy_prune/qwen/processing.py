@@ -183,9 +183,11 @@ def unit_blocks(frames: torch.Tensor, r: np.ndarray, c: np.ndarray, s: int) -> t
     """(F, C, H, W) frames -> (K, F, C, s, s): the s x s px units at unit rows r, cols c (K,)."""
     hu, wu = frames.shape[-2] // s, frames.shape[-1] // s
     grid = frames[..., : hu * s, : wu * s].unflatten(-1, (wu, s)).unflatten(-3, (hu, s))  # (F, C, hu, s, wu, s)
-    grid = grid.permute(2, 4, 0, 1, 3, 5)
     if grid.device.type == "cpu" and grid.dtype != torch.bfloat16:  # numpy copies these short runs ~2x faster
-        return torch.from_numpy(grid.numpy()[r, c])
+        # index arrays split by a slice: numpy puts their axis first, (K, F, C, s, s), and reads
+        # the unit rows in place (faster than indexing a permuted view)
+        return torch.from_numpy(grid.numpy()[..., r, :, c, :])
+    grid = grid.permute(2, 4, 0, 1, 3, 5)
     return grid[torch.from_numpy(r).to(grid.device), torch.from_numpy(c).to(grid.device)]
 
 
