@@ -102,8 +102,9 @@ if hasattr(os, "register_at_fork"):
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
     """Apply ``fn`` (image -> list of maps) to horizontal bands of whole coarsest-level blocks,
     so its float64 temporaries stay cache-sized, and stack the maps; bands run in
-    :func:`score_workers` threads (numpy releases the GIL). Cells never straddle a band, so the
-    numbers are those of one call on the whole image."""
+    :func:`score_workers` threads (most passes release the GIL; the gray ``matmul`` and
+    two-operand ``einsum`` hold it). Cells never straddle a band, so the numbers are those of one
+    call on the whole image."""
     block = p << (num_scales - 1)
     band = block * -(-BAND_CELLS // (1 << (num_scales - 1)))
     starts = range(0, arr.shape[0], band)
