@@ -194,7 +194,8 @@ def entropy_maps(
 def _cell_sums(x: np.ndarray, s: int, squared: bool = False) -> np.ndarray:
     """Sums of a (H, W) array (of its squares with ``squared``) over s x s cells, edge cells
     partial: (ceil(H/s), ceil(W/s)). Rows first (contiguous adds over the whole width; squares
-    summed by einsum without a squared copy), then columns on the small row sums."""
+    summed by einsum without a squared copy, in x's dtype), then columns on the small row sums,
+    in float64."""
     h, w = x.shape
     whole_h, whole_w = h // s * s, w // s * s
     spec = "rpw,rpw->rw" if squared else "rpw->rw"
@@ -202,9 +203,9 @@ def _cell_sums(x: np.ndarray, s: int, squared: bool = False) -> np.ndarray:
     if whole_h < h:
         rest = x[whole_h:]
         rows = np.concatenate([rows, np.einsum(spec.replace("r", ""), *[rest] * (2 if squared else 1))[None]])
-    out = rows[:, :whole_w].reshape(len(rows), w // s, s).sum(-1)
+    out = rows[:, :whole_w].reshape(len(rows), w // s, s).sum(-1, dtype=np.float64)
     if whole_w < w:
-        out = np.concatenate([out, rows[:, whole_w:].sum(1, keepdims=True)], axis=1)
+        out = np.concatenate([out, rows[:, whole_w:].sum(1, keepdims=True, dtype=np.float64)], axis=1)
     return out
 
 
@@ -222,12 +223,35 @@ def _pool2(x: np.ndarray) -> np.ndarray:
     return pairs[:, 0::2] + pairs[:, 1::2]
 
 
+LUMA_8BIT = np.array([4899, 9617, 1868], np.float32) / np.float32(1 << 14)
+"""BT.601 weights in 14-bit fixed point (OpenCV's RGB2GRAY); exact in float32."""
+
+
+def _gray_levels(arr: np.ndarray, p: int) -> np.ndarray:
+    """(H, W) gray of a checked image in 8-bit gray levels, for the detail score.
+
+    uint8: luma rounded to an integer (``LUMA_8BIT`` weights, half up), computed exactly in
+    float32, and kept in float32 while p rows of squared levels sum below 2^24 (p <= 258), so
+    float32 row sums are exact too. Other dtypes: float64 BT.601 luma scaled to [0, 255].
+    """
+    if arr.dtype != np.uint8:
+        g = gray(arr).astype(np.float64)
+        if value_range(arr.dtype) != 255.0:
+            g *= 255.0 / value_range(arr.dtype)
+        return g
+    if arr.ndim == 3 and arr.shape[-1] >= 3:
+        g = arr[..., :3].astype(np.float32) @ LUMA_8BIT  # multiples of 2^-14 below 2^8: exact
+        g += np.float32(0.5)
+        np.floor(g, out=g)
+    else:
+        g = gray(arr)
+    return g if p * 255**2 < 1 << 24 else g.astype(np.float64)
+
+
 def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
-    g = gray(arr).astype(np.float64)
-    if value_range(arr.dtype) != 255.0:
-        g *= 255.0 / value_range(arr.dtype)
+    g = _gray_levels(arr, p)
     n = np.outer(np.minimum(p, h - np.arange(0, h, p)), np.minimum(p, w - np.arange(0, w, p)))  # pixels per cell
     # 2 x 2 px sums, needed by level 2; where they tile every cell, they also give the cell sums
     # from a quarter of the values
@@ -246,6 +270,7 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
             maps.append(np.zeros((rk, ck)))
             continue
         sums = blocks if k == 1 and halves else _pool2(sums[: rk * 2 * p, : ck * 2 * p])
+        sums = sums.astype(np.float64, copy=False)  # p rows of squared 2 x 2 sums can pass 2^24
         coarse = _cell_sums(sums, p, squared=True) / float(1 << (2 * k))
         fine = _cell_sums(fine[: rk * 2, : ck * 2], 2)
         maps.append(_rms(fine - coarse, fine, p))
@@ -266,8 +291,10 @@ def detail_maps(
     error that this adds over the region compared with its four level-(k-1) children (block
     means at f/2 px minus block means at f px). dSS is additive, so splitting in descending
     score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
-    deviation of the cell from its mean (the standard deviation for a whole cell). Gray is
-    BT.601 luma scaled to [0, 255]; a squared error at or below 1e-9 of the region's energy
+    deviation of the cell from its mean (the standard deviation for a whole cell). Gray: for
+    uint8 images 8-bit luma, BT.601 weights in 14-bit fixed point rounded to an integer
+    (OpenCV's RGB2GRAY), so every sum is exact and most passes run in float32; for other dtypes
+    BT.601 luma scaled to [0, 255]. A squared error at or below 1e-9 of the region's energy
     (float rounding of a flat region) scores 0. Runs on horizontal bands of whole coarsest
     blocks (cache-sized temporaries), in threads on machines with 4 or more cores.
 

@@ -51,10 +51,18 @@ def test_entropy_matches_histogram_reference(img, p, k):
         assert (maps[level - 1] >= 0).all() and (maps[level - 1] <= 8 + 1e-9).all()
 
 
+def reference_gray_levels(img):
+    """Gray in 8-bit levels as the detail score defines it: uint8 RGB(A) in integers, BT.601 in
+    14-bit fixed point rounded half up (OpenCV's RGB2GRAY); other images their luma scaled."""
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] >= 3:
+        return ((img[..., :3].astype(np.int64) @ np.array([4899, 9617, 1868]) + 8192) >> 14).astype(np.float64)
+    top = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
+    return reference_gray(img) * (255.0 / top)
+
+
 def reference_detail(img, p, k):
     """sqrt(added squared error / p^2) of a level-k block vs its children, by explicit resizing."""
-    top = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
-    g = reference_gray(img) * (255.0 / top)
+    g = reference_gray_levels(img)
     h, w = g.shape
 
     def blur(x, f):  # area-average f x f blocks, then bring back to full size
@@ -96,6 +104,30 @@ def test_detail_from_pixel_pairs_matches_reference(seed, p, rows, cols, k):
     maps = detail_maps(img, patch_size=p, num_scales=k)
     for level in range(1, k + 1):
         np.testing.assert_allclose(maps[level - 1], reference_detail(img, p, level), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("p", [257, 258, 259])
+def test_detail_row_sums_of_8bit_squares_are_exact(p):
+    """8-bit gray is summed in float32 only while p rows of 255^2 stay below 2^24 (p <= 258);
+    past that a float32 sum of p white rows would round, so float64 takes over."""
+    white = np.full((p, 3 * p, 3), 255, np.uint8)
+    g = scores._gray_levels(white, p)
+    assert g.dtype == (np.float32 if p <= 258 else np.float64)
+    assert np.all(g == 255.0)
+    assert np.array_equal(scores._cell_sums(g, p, squared=True), np.full((1, 3), float(p * p * 255**2)))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 3))
+def test_detail_of_bright_near_flat_blocks_is_exact(seed, rows, cols):
+    """Gray v, v, v, v + 1 in every 2 x 2 px block: each block's squared deviation from its mean
+    is 3/16 + 9/16, so every level-2 region scores sqrt(3/4) whatever the v's. The squared odd
+    block sums near 1020^2 add up past 2^24 over p rows: float32 would round them."""
+    rng = np.random.default_rng(seed)
+    v = rng.integers(230, 255, (28 * rows, 28 * cols), dtype=np.uint8)
+    img = np.repeat(np.repeat(v, 2, 0), 2, 1)
+    img[1::2, 1::2] += 1
+    maps = detail_maps(img, patch_size=28, num_scales=2)
+    np.testing.assert_allclose(maps[1], math.sqrt(0.75), rtol=1e-12)
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 4]), st.integers(0, 9))
