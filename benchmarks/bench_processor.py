@@ -6,14 +6,17 @@
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
 measurement, stock vs ``wrap_processor(stock, "budget", alpha)`` (default score), for each
 image-processor backend and image size (megapixels). ``max_pixels`` is Qwen2-VL's own (16384
-units of 28 px), so 4 MP images are not downscaled. Stock and wrapped calls alternate (the order
-flips every repeat) so drift hits both; medians over ``--repeats`` pairs after 2 warm-up pairs,
-all in this process, torch at its default thread count.
+units of 28 px), so 4 MP images are not downscaled. With torchvision a third processor, *prune
+only*, is the wrapped one with the stock ``process_image`` (a channels-first copy before
+resizing): the cost of pruning alone, without the wrapped processor's faster resize. Calls
+alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
+after 2 warm-up rounds, all in this process, torch at its default thread count.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -21,6 +24,7 @@ import _qwen_setup as setup
 import torch
 
 from entropy_prune.qwen import wrap_processor
+from entropy_prune.qwen.processing import PruningImageProcessorMixin
 
 
 def timed(fn) -> tuple[float, object]:
@@ -30,31 +34,46 @@ def timed(fn) -> tuple[float, object]:
     return (time.perf_counter() - t0) * 1e3, out
 
 
+def prune_only(wrapped):
+    """Copy of a wrapped torchvision processor whose image processor keeps the stock
+    ``process_image`` (channels-first copy before resizing)."""
+
+    class StockLayout(type(wrapped.image_processor)):
+        def process_image(self, image, *args, **kwargs):
+            return super(PruningImageProcessorMixin, self).process_image(image, *args, **kwargs)
+
+    new = copy.copy(wrapped)
+    new.image_processor = copy.copy(wrapped.image_processor)
+    new.image_processor.__class__ = StockLayout
+    return new
+
+
 def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: int) -> dict:
-    """Interleaved stock/wrapped timings (ms) and token counts for one backend and size."""
+    """Interleaved timings (ms) and token counts for one backend and size."""
     stock = setup.make_stock_processor(backend)
     wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha)
     image, source = setup.photo(photo, megapixels)
     text = [setup.prompt(stock)]
-    calls = {
-        "stock": lambda: stock(images=[image], text=text, return_tensors="pt"),
-        "wrapped": lambda: wrapped(images=[image], text=text, return_tensors="pt"),
-    }
-    times = {"stock": [], "wrapped": []}
-    outputs = {}
+    procs = {"stock": stock, "wrapped": wrapped}
+    if backend == "torchvision":
+        procs["prune only"] = prune_only(wrapped)
+    names, times, outputs = list(procs), {name: [] for name in procs}, {}
     for i in range(repeats + 2):
-        order = ("stock", "wrapped") if i % 2 == 0 else ("wrapped", "stock")
-        for name in order:
-            ms, outputs[name] = timed(calls[name])
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            ms, outputs[name] = timed(lambda: procs[name](images=[image], text=text, return_tensors="pt"))
             if i >= 2:
                 times[name].append(ms)
     before, after = setup.image_tokens(outputs["stock"]), setup.image_tokens(outputs["wrapped"])
     placeholders = int((outputs["wrapped"]["input_ids"] == stock.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
     assert placeholders == after, (placeholders, after)
-    stock_ms, wrapped_ms = statistics.median(times["stock"]), statistics.median(times["wrapped"])
+    for name in names[2:]:
+        assert all(torch.equal(outputs[name][k], outputs["wrapped"][k]) for k in outputs["wrapped"]), name
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    only = ms.get("prune only")
     return dict(
         backend=backend, mp=megapixels, photo=source, px=f"{image.shape[1]}x{image.shape[0]}",
-        stock_ms=stock_ms, wrapped_ms=wrapped_ms, ratio=wrapped_ms / stock_ms, before=before, after=after,
+        stock_ms=ms["stock"], wrapped_ms=ms["wrapped"], ratio=ms["wrapped"] / ms["stock"],
+        only_ms=only, only_ratio=None if only is None else only / ms["stock"], before=before, after=after,
     )
 
 
@@ -70,14 +89,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--alpha must be in (0, 1], got {args.alpha}")
     print(f"wrapped (budget alpha={args.alpha}, default score) vs stock Qwen2VLProcessor; "
           f"median of {args.repeats} interleaved calls; torch threads {torch.get_num_threads()}")
-    print(f"{'backend':<12} {'MP':>4} {'pixels':>10} {'stock ms':>9} {'wrapped ms':>11} {'ratio':>6} {'tokens':>7} {'kept':>6}")
+    print(f"{'backend':<12} {'MP':>4} {'pixels':>10} {'stock ms':>9} {'wrapped ms':>11} {'ratio':>6} "
+          f"{'prune-only ms':>14} {'ratio':>6} {'tokens':>7} {'kept':>6}")
     rows = []
     for backend in args.backends:
         for mp in args.sizes:
             r = measure(backend, mp, args.photo, args.alpha, args.repeats)
             rows.append(r)
+            only = ("-", "-") if r["only_ms"] is None else (f"{r['only_ms']:.1f}", f"{r['only_ratio']:.3f}")
             print(f"{backend:<12} {mp:>4g} {r['px']:>10} {r['stock_ms']:>9.1f} {r['wrapped_ms']:>11.1f} "
-                  f"{r['ratio']:>6.3f} {r['before']:>7} {r['after']:>6}", flush=True)
+                  f"{r['ratio']:>6.3f} {only[0]:>14} {only[1]:>6} {r['before']:>7} {r['after']:>6}", flush=True)
     print(f"photograph: {rows[0]['photo']} (skimage.data), resized bicubic to the given size")
     return rows
 

@@ -7,6 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
@@ -102,6 +104,47 @@ def test_keep_all_equals_stock(processors, patched, images, texts, backend, sett
         assert (ours[REGIONS_KEY][:, 1] == 1).all()
     assert torch.equal(logits(patched, ours), ref_logits)
     assert torch.equal(greedy(patched, ours), ref_tokens)
+
+
+# ---------------------------------------------------------------- channels-last resize
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(20, 90), st.integers(20, 90), st.integers(20, 120), st.integers(20, 120),
+    st.sampled_from(["BICUBIC", "BILINEAR"]), st.integers(0, 2**32 - 1),
+)
+def test_uint8_resize_is_the_same_on_channels_last_pixels(h, w, new_h, new_w, mode, seed):
+    """What the wrapped torchvision processor relies on to skip the stock channels-first copy."""
+    tvF = pytest.importorskip("torchvision.transforms.v2.functional")
+    hwc = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    kw = dict(interpolation=getattr(tvF.InterpolationMode, mode), antialias=True)
+    first = tvF.resize(hwc.permute(2, 0, 1).contiguous(), [new_h, new_w], **kw)
+    last = tvF.resize(hwc.permute(2, 0, 1), [new_h, new_w], **kw)
+    assert torch.equal(first, last)
+
+
+@pytest.mark.parametrize("settings", [dict(patch_selection_method=None), dict(patch_selection_method="budget", alpha=1.0)])
+def test_resized_inputs_of_every_kind_equal_stock(processors, texts, settings):
+    """numpy and PIL (RGB, RGBA, gray) images that the torchvision processor really resizes (sides
+    not multiples of 28 px) give the stock rows; the caller's array is neither changed nor shared."""
+    from PIL import Image
+
+    proc = processors["torchvision"]
+    base = textured_image(101, 150, 3)
+    array = base.copy()
+    rgba = np.dstack([textured_image(90, 70, 4), np.full((90, 70), 200, np.uint8)])
+    cases = [  # three images each, as the two prompts of ``texts`` take
+        [array, Image.fromarray(textured_image(75, 120, 5)), Image.fromarray(rgba)],
+        [Image.fromarray(textured_image(66, 99, 6)[..., 0]), textured_image(90, 61, 7), array],
+    ]
+    for images in cases:
+        stock = run(proc, images, texts)
+        ours = run(wrap_processor(proc, **settings), images, texts)
+        assert torch.equal(ours["pixel_values"], stock["pixel_values"])
+        assert torch.equal(ours["input_ids"], stock["input_ids"])
+    assert np.array_equal(array, base)
+    assert not np.shares_memory(ours["pixel_values"].numpy(), array)
 
 
 # ---------------------------------------------------------------- pruned budgets

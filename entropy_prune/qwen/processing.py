@@ -14,7 +14,8 @@ cutting rows. That image is scored, the kept regions are cut from it, and only t
 rescaled and normalised, by the stock methods. Those are elementwise and affine per channel, so
 level-1 rows are bit-identical to the stock ones and averaging pixels before normalising equals
 averaging normalised values. Most of the image is never normalised or cut, which is why the
-wrapped processor can be faster than the stock one.
+wrapped processor can be faster than the stock one; with the torchvision backend it also resizes
+8-bit RGB images from their channels-last memory (same pixels, about 2x faster).
 Videos: the stock rows are cut as usual; each temporal patch's frames are recovered from them,
 the scoring image by undoing normalisation.
 
@@ -33,10 +34,13 @@ import threading
 from typing import Any, TypedDict
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers import BatchFeature
+from transformers.image_processing_backends import convert_to_rgb_pil
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 from transformers.processing_utils import ProcessorMixin
 
 from .._image import BT601
@@ -329,6 +333,24 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
 
 
+def _rgb8_channels_last(image: Any, do_convert_rgb=None, input_data_format=None, device=None, do_resize=None, **_) -> torch.Tensor | None:
+    """(3, H, W) uint8 view of the channels-last pixels the torchvision backend's ``process_image``
+    would copy to channels-first memory, for an (H, W, 3) uint8 array or a PIL image that
+    converts to one the stock way, resized on the CPU (so no output shares its memory); else None."""
+    if not do_resize or (device is not None and torch.device(device).type != "cpu"):
+        return None
+    if isinstance(image, PIL.Image.Image):
+        image = convert_to_rgb_pil(image, return_numpy=True) if do_convert_rgb else np.array(image)
+        input_data_format = ChannelDimension.LAST
+    elif not isinstance(image, np.ndarray):
+        return None
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        return None
+    if input_data_format is None:
+        input_data_format = infer_channel_dimension_format(image, num_channels=(1, 3, 4))
+    return torch.from_numpy(image).permute(2, 0, 1) if input_data_format == ChannelDimension.LAST else None
+
+
 class PruningMixin:
     """Mixed in front of a stock Qwen-VL image or video processor class.
 
@@ -398,6 +420,15 @@ class PruningImageProcessorMixin(PruningMixin):
         if do_normalize:
             y = stock.normalize(y, image_mean, image_std)
         return torch.from_numpy(np.asarray(y, dtype=np.float32)).reshape(c, n, s, s).permute(1, 0, 2, 3)
+
+    def process_image(self, image, *args, **kwargs):
+        """Stock, except (torchvision backend) for an 8-bit RGB image, numpy or PIL, that will be
+        resized on the CPU: it stays in its channels-last memory, as a (3, H, W) view, where the
+        stock method copies it to channels-first memory. torch's uint8 antialiased resize is
+        about 2x faster on channels-last pixels (it repacks channels-first ones) and gives the
+        same values; skipping the copy as well saves ~3 ms per MP."""
+        pixels = _rgb8_channels_last(image, **kwargs) if hasattr(super(), "rescale_and_normalize") else None
+        return pixels if pixels is not None else super().process_image(image, *args, **kwargs)
 
     def rescale_and_normalize(self, images, *args, **kwargs):
         """Stock (torchvision backend); passes the images through while pruning."""
