@@ -11,12 +11,17 @@ only*, is the wrapped one with the stock ``process_image`` (a channels-first cop
 resizing): the cost of pruning alone, without the wrapped processor's faster resize. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
 after 2 warm-up rounds, all in this process, torch at its default thread count.
+
+``--fresh-processes N`` adds a second table: each processor alone in N fresh processes (what a
+data-loader worker sees), median of the per-process medians, and minor page faults per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
+import resource
 import statistics
 import time
 
@@ -77,6 +82,44 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
     )
 
 
+def alone(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, kind: str) -> tuple[float, float]:
+    """(median ms, median minor page faults) per call of one processor, alone in this process."""
+    stock = setup.make_stock_processor(backend)
+    wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha)
+    proc = {"stock": stock, "wrapped": wrapped}[kind] if kind != "prune only" else prune_only(wrapped)
+    image, _ = setup.photo(photo, megapixels)
+    text = [setup.prompt(stock)]
+    times, faults = [], []
+    for i in range(repeats + 2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ms, _ = timed(lambda: proc(images=[image], text=text, return_tensors="pt"))
+        if i >= 2:
+            times.append(ms)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return statistics.median(times), statistics.median(faults)
+
+
+def fresh_processes(args) -> None:
+    """Print the table of each processor alone in ``args.fresh_processes`` fresh processes."""
+    print(f"\neach processor alone in {args.fresh_processes} fresh processes, {args.repeats} calls each: "
+          "median [min-max] of per-process medians (ms), median page faults per call")
+    ctx = multiprocessing.get_context("spawn")
+    for backend in args.backends:
+        kinds = ["stock", "wrapped"] + (["prune only"] if backend == "torchvision" else [])
+        for mp in args.sizes:
+            cells, base = [], None
+            for kind in kinds:
+                runs = []
+                for _ in range(args.fresh_processes):
+                    with ctx.Pool(1) as pool:
+                        runs.append(pool.apply(alone, (backend, mp, args.photo, args.alpha, args.repeats, kind)))
+                ms = statistics.median(r[0] for r in runs)
+                base = base or ms
+                cells.append(f"{kind} {ms:.1f} [{min(r[0] for r in runs):.1f}-{max(r[0] for r in runs):.1f}] "
+                             f"x{ms / base:.3f}, {statistics.median(r[1] for r in runs):.0f} faults")
+            print(f"{backend:<12} {mp:>4g}  " + " | ".join(cells), flush=True)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=setup.positive_float, nargs="+", default=[1.0, 4.0], help="image sizes in megapixels")
@@ -84,6 +127,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
     parser.add_argument("--alpha", type=setup.unit_float, default=0.3, help="budget alpha (0 < alpha <= 1)")
     parser.add_argument("--repeats", type=setup.positive_int, default=30, help="timed stock/wrapped pairs per row")
+    parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
+                        help="also time each processor alone in this many fresh processes")
     args = parser.parse_args(argv)
     if args.alpha > 1:
         parser.error(f"--alpha must be in (0, 1], got {args.alpha}")
@@ -100,6 +145,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{backend:<12} {mp:>4g} {r['px']:>10} {r['stock_ms']:>9.1f} {r['wrapped_ms']:>11.1f} "
                   f"{r['ratio']:>6.3f} {only[0]:>14} {only[1]:>6} {r['before']:>7} {r['after']:>6}", flush=True)
     print(f"photograph: {rows[0]['photo']} (skimage.data), resized bicubic to the given size")
+    if args.fresh_processes:
+        fresh_processes(args)
     return rows
 
 
