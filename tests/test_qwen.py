@@ -112,7 +112,7 @@ def test_keep_all_equals_stock(processors, patched, images, texts, backend, sett
 @settings(max_examples=30, deadline=None)
 @given(
     st.integers(20, 90), st.integers(20, 90), st.integers(20, 120), st.integers(20, 120),
-    st.sampled_from(["BICUBIC", "BILINEAR"]), st.integers(0, 2**32 - 1),
+    st.sampled_from(["BICUBIC", "BILINEAR", "NEAREST", "LANCZOS"]), st.integers(0, 2**32 - 1),
 )
 def test_uint8_resize_is_the_same_on_channels_last_pixels(h, w, new_h, new_w, mode, seed):
     """What the wrapped torchvision processor relies on to skip the stock channels-first copy."""

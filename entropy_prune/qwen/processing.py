@@ -447,7 +447,7 @@ class PruningImageProcessorMixin(PruningMixin):
         stock method copies it to channels-first memory. torch's uint8 antialiased resize is
         about 2x faster on channels-last pixels (it repacks channels-first ones) and gives the
         same values; skipping the copy as well saves ~3 ms per MP."""
-        pixels = _rgb8_channels_last(image, **kwargs) if hasattr(super(), "rescale_and_normalize") else None
+        pixels = _rgb8_channels_last(image, **kwargs) if not args and hasattr(super(), "rescale_and_normalize") else None
         return pixels if pixels is not None else super().process_image(image, *args, **kwargs)
 
     def rescale_and_normalize(self, images, *args, **kwargs):
