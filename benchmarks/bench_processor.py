@@ -2,6 +2,7 @@
 
     python benchmarks/bench_processor.py [--sizes 1 4] [--backends pil torchvision]
                                          [--photo astronaut] [--alpha 0.3] [--repeats 30]
+                                         [--fresh-processes N]
 
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
 measurement, stock vs ``wrap_processor(stock, "budget", alpha)`` (default score), for each
