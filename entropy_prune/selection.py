@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_int, to_numpy
+from ._image import check_int, is_torch, to_numpy
 from .scores import SCORES, ScoreMaps, score_maps
 
 METHODS = {None: "none", "none": "none", "v1": "v1", "threshold": "v1", "v2": "v2", "adaptive": "v2", "budget": "budget"}
+VALID_METHODS = sorted(k for k in METHODS if k)
 MODES = ("multiscale", "drop")
 DEFAULT_THRESHOLDS = (3.0, 2.0)
 
@@ -79,8 +80,13 @@ def _check_thresholds(thresholds: Any, num_scales: int, mode: str) -> tuple[floa
         if expected > len(DEFAULT_THRESHOLDS):
             raise ValueError(f"thresholds must be given for num_scales > {len(DEFAULT_THRESHOLDS) + 1} (one per coarse level)")
         return DEFAULT_THRESHOLDS[:expected]
+    if is_torch(thresholds) or isinstance(thresholds, np.ndarray):
+        thresholds = to_numpy(thresholds)
+        if thresholds.ndim != 1:
+            raise TypeError(f"thresholds must be a 1-D array or sequence of {expected} numbers, got shape {thresholds.shape}")
+        thresholds = thresholds.tolist()
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
-        raise TypeError(f"thresholds must be a sequence of {expected} numbers, got {thresholds!r}")
+        raise TypeError(f"thresholds must be a 1-D array or sequence of {expected} numbers, got {thresholds!r}")
     if len(thresholds) != expected:
         raise ValueError(
             f"thresholds must have {expected} value(s) (one per coarse level, level 2 first) "
@@ -216,9 +222,13 @@ def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], **f
 
 def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None]:
     """Canonical method name and alpha (None where the method takes none); raises for bad ones."""
+    if method is not None and not isinstance(method, str):
+        raise TypeError(f"method must be one of {VALID_METHODS} or None, got {method!r}")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(k for k in METHODS if k)} or None, got {method!r}")
+        raise ValueError(f"method must be one of {VALID_METHODS} or None, got {method!r}")
     method = METHODS[method]
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be one of {MODES}, got {mode!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return method, _check_alpha(method, alpha)
@@ -226,6 +236,8 @@ def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None
 
 def _check_score(method: str, score: Any) -> str:
     score = default_score(method) if score is None else score
+    if not isinstance(score, str):
+        raise TypeError(f"score must be one of {SCORES}, got {score!r}")
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     return score
@@ -245,7 +257,7 @@ def select_patches(
     image: Any,
     method: str | None = "budget",
     alpha: float = 0.3,
-    thresholds: Sequence[float] | None = None,
+    thresholds: Sequence[float] | np.ndarray | None = None,
     patch_size: int = 28,
     num_scales: int = 3,
     mode: str = "multiscale",
@@ -277,8 +289,9 @@ def select_patches(
         image: an image for :func:`entropy_maps` / :func:`detail_maps` ((H, W) or (H, W, C),
             numpy or torch), or precomputed maps: a :class:`ScoreMaps` or a sequence of 2-D
             arrays, level 1 first, level k of shape (rows // 2^(k-1), cols // 2^(k-1)).
-        method, alpha, thresholds, mode: see above; thresholds has num_scales - 1 values
-            (level 2 first; drop mode uses thresholds[0]).
+        method, alpha, thresholds, mode: see above; thresholds is a sequence or 1-D array
+            (numpy or torch) of num_scales - 1 real numbers (level 2 first; drop mode uses
+            thresholds[0]).
         patch_size: base cell side in pixels (images only).
         num_scales: number of levels (images only; maps bring their own).
         score: ``"entropy"`` (bits) or ``"detail"`` (gray levels) (images only); None picks

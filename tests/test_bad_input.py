@@ -93,7 +93,7 @@ def test_thresholds_not_finite(thresholds):
         select_patches(IMG, "v1", thresholds=thresholds)
 
 
-@pytest.mark.parametrize("thresholds", [3.0, "3,2"])
+@pytest.mark.parametrize("thresholds", [3.0, "3,2", np.array(3.0), np.ones((1, 2)), torch.ones(2, 1)])
 def test_thresholds_not_a_sequence(thresholds):
     with pytest.raises(TypeError, match="thresholds"):
         select_patches(IMG, "v1", thresholds=thresholds)
@@ -108,6 +108,19 @@ def test_default_thresholds_only_up_to_three_scales():
 def test_unknown_method_lists_valid_ones(method):
     with pytest.raises(ValueError, match="method must be one of .*budget.*v1.*v2"):
         select_patches(IMG, method)
+
+
+@pytest.mark.parametrize("method", [["budget"], ("v1",), {"budget": 1}, 1, 0.3, b"budget", np.array(["budget"])])
+def test_non_string_method_lists_valid_ones(method):
+    with pytest.raises(TypeError, match=r"method must be one of \['adaptive', 'budget', 'none', 'threshold', 'v1', 'v2'\] or None, got"):
+        select_patches(IMG, method)
+
+
+@pytest.mark.parametrize("kw, name", [({"mode": ["drop"]}, "mode"), ({"mode": np.array(["drop"])}, "mode"),
+                                      ({"score": ["detail"]}, "score"), ({"score": 1}, "score")])
+def test_non_string_mode_or_score_lists_valid_ones(kw, name):
+    with pytest.raises(TypeError, match=f"{name} must be one of"):
+        select_patches(IMG, **kw)
 
 
 @pytest.mark.parametrize("kw, name", [({"mode": "crop"}, "mode"), ({"score": "sharpness"}, "score")])

@@ -195,3 +195,17 @@ def test_selection_is_immutable():
         sel.num_tokens = 1
     assert sel.num_cells == 4 and sel.num_tokens == 4 and isinstance(sel.num_tokens, int)
     assert isinstance(entropy_maps(np.zeros((56, 56), np.uint8)), ScoreMaps)
+
+
+@given(images(max_side=32), st.integers(1, 4), st.sampled_from(["multiscale", "drop"]), st.data())
+def test_thresholds_as_list_tuple_or_array_select_the_same(img, k, mode, data):
+    n = k - 1 if mode == "multiscale" else max(k - 1, 1)
+    thr = data.draw(st.lists(st.floats(0.0, 8.0, width=32), min_size=n, max_size=n))
+    ref = select_patches(img, "v1", thresholds=thr, num_scales=k, mode=mode)
+    for form in (tuple(thr), np.array(thr), np.array(thr, np.float32), torch.tensor(thr, dtype=torch.float64)):
+        sel = select_patches(img, "v1", thresholds=form, num_scales=k, mode=mode)
+        assert sel.threshold == ref.threshold and all(type(t) is float for t in sel.threshold)
+        assert np.array_equal(sel.label_map, ref.label_map)
+    whole = [round(t) for t in thr]
+    assert np.array_equal(select_patches(img, "v1", thresholds=np.array(whole), num_scales=k, mode=mode).label_map,
+                          select_patches(img, "v1", thresholds=whole, num_scales=k, mode=mode).label_map)
