@@ -6,19 +6,58 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_image, check_int, like_input, value_range
+from ._image import check_image, check_int, is_torch, like_input, value_range
 from .selection import Selection
 
 
-def _bilinear_taps(regions: int, p: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (lo, hi) and weight of hi for up-scaling ``regions`` runs of p token
-    pixels by f along one axis, each run interpolated on its own (edges clamped)."""
-    i = np.arange(regions * p * f)
-    run, local = np.divmod(i, p * f)
-    c = np.clip((local + 0.5) / f - 0.5, 0.0, p - 1.0)
+def _bilinear_taps(p: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lo, hi), each (p f,), and weight of hi for up-scaling p token pixels by f
+    along one axis (pixel centres aligned, edges clamped)."""
+    c = np.clip((np.arange(p * f) + 0.5) / f - 0.5, 0.0, p - 1.0)
     lo = np.floor(c).astype(np.int64)
-    hi = np.minimum(lo + 1, p - 1)
-    return run * p + lo, run * p + hi, c - lo
+    return lo, np.minimum(lo + 1, p - 1), c - lo
+
+
+CHUNK = 1 << 18  # values per chunk of coarse regions: float64 temporaries of ~2 MB each
+
+
+def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, f: int, integer: bool) -> None:
+    """Write the level-k regions kept in ``mask`` (bool (rk, ck), f = 2^(k-1)) of ``src`` into
+    ``out`` (both (H, W, C)), a chunk of one row of regions at a time, so the float64
+    temporaries stay O(CHUNK) whatever the image size."""
+    s, c = p * f, src.shape[-1]
+    rk, ck = mask.shape
+    per_chunk = max(1, CHUNK // (s * s * c))
+    lo, hi, t = _bilinear_taps(p, f)
+    row_t = t[:, None]
+    # columns: gather (pixel, channel) pairs of the flattened last two axes
+    col_lo, col_hi = ((i[:, None] * c + np.arange(c)).ravel() for i in (lo, hi))
+    col_w0, col_w1 = np.repeat(1 - t, c), np.repeat(t, c)
+    for i in range(rk):
+        band = src[i * s:(i + 1) * s, : ck * s].reshape(s, ck, s, c)
+        dest = out[i * s:(i + 1) * s, : ck * s].reshape(s, ck, s, c)
+        kept = np.flatnonzero(mask[i])
+        for j in range(0, kept.size, per_chunk):
+            cols = kept[j:j + per_chunk]
+            n = cols.size
+            x = band[:, cols].astype(np.float64).reshape(p, f, n * p, f, c)
+            pixel_rows = x[:, 0].copy()  # (p, n p, f, c): sums over the f rows of each block
+            for a in range(1, f):
+                pixel_rows += x[:, a]
+            tokens = pixel_rows[:, :, 0].copy()  # (p, n p, c): means of f x f blocks
+            for b in range(1, f):
+                tokens += pixel_rows[:, :, b]
+            tokens = tokens.reshape(p, -1)
+            tokens /= f * f
+            rows = (tokens[lo] * (1 - row_t) + tokens[hi] * row_t).reshape(s * n, p * c)
+            blurred = np.take(rows, col_lo, axis=1)  # (s n, s c)
+            blurred *= col_w0
+            upper = np.take(rows, col_hi, axis=1)
+            upper *= col_w1
+            blurred += upper
+            if integer:
+                np.rint(blurred, out=blurred)
+            dest[:, cols] = blurred.reshape(s, n, s, c)
 
 
 def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: float = 0.5,
@@ -30,7 +69,9 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
     That p x p token image is brought back to the region's size by bilinear interpolation
     inside the region (pixel centres aligned, edges clamped to the region, so no region borrows
     from its neighbours). Dropped cells are filled with ``fill`` x the range's top (mid-gray
-    by default, the neutral value). Integer dtypes are rounded to the nearest integer.
+    by default, the neutral value). Integer dtypes are rounded to the nearest integer. Works on
+    chunks of a row of regions: extra memory is the output plus ~10 MB of float64 temporaries
+    whatever the image size.
 
     Args:
         image: (H, W) or (H, W, C) (or (C, H, W) with ``channels_first``), numpy or torch.
@@ -39,7 +80,8 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
         fill: value of dropped pixels as a fraction of the range, in [0, 1].
 
     Returns:
-        Same shape, dtype and array type as ``image``; values stay in its range.
+        Same shape, dtype (bfloat16 included) and array type (torch: on the image's device)
+        as ``image``; values stay in its range.
     """
     arr = check_image(image, channels_first)
     p = check_int("patch_size", patch_size, 1)
@@ -55,27 +97,17 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
         raise ValueError(
             f"selection grid {selection.label_map.shape} does not match a {h}x{w} image with patch_size={p} (expected {grid})"
         )
-    x = arr.astype(np.float64).reshape(h, w, -1)
-    out = x.copy()
+    src = arr.reshape(h, w, -1)
+    out = src.copy(order="C")
+    integer = np.issubdtype(arr.dtype, np.integer)
     for k, mask in enumerate(selection.masks[1:], 2):
-        if not mask.any():
-            continue
-        f, s = 1 << (k - 1), p << (k - 1)
-        rk, ck = mask.shape
-        area = x[: rk * s, : ck * s]
-        tokens = area.reshape(rk * p, f, ck * p, f, -1).mean((1, 3))
-        lo, hi, t = _bilinear_taps(rk, p, f)
-        rows = tokens[lo] * (1 - t)[:, None, None] + tokens[hi] * t[:, None, None]
-        lo, hi, t = _bilinear_taps(ck, p, f)
-        blurred = rows[:, lo] * (1 - t)[None, :, None] + rows[:, hi] * t[None, :, None]
-        where = np.repeat(np.repeat(mask, s, 0), s, 1)
-        out[: rk * s, : ck * s][where] = blurred[where]
-    dropped = np.repeat(np.repeat(selection.label_map == 0, p, 0), p, 1)[:h, :w]
-    out[dropped] = fill * value_range(arr.dtype)
-    if np.issubdtype(arr.dtype, np.integer):
-        out = np.rint(out)
-    out = out.astype(arr.dtype, copy=False)
+        _coarse_regions(src, out, mask, p, 1 << (k - 1), integer)
+    top = fill * value_range(arr.dtype)
+    top = np.rint(top) if integer else top
+    for r in np.flatnonzero((selection.label_map == 0).any(1)):  # one row of cells at a time
+        out[r * p:(r + 1) * p, np.repeat(selection.label_map[r] == 0, p)[:w]] = top
     out = out if arr.ndim == 3 else out[..., 0]
     if channels_first:
         out = np.moveaxis(out, -1, 0)
-    return like_input(out, image)
+    out = like_input(out, image)
+    return out.to(image.dtype) if is_torch(image) else out
