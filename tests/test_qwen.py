@@ -443,15 +443,17 @@ def test_chat_template_and_decode(processors, patched, images):
 def test_patch_idempotent_and_passthrough(processors, model, images, texts):
     stock = run(processors["torchvision"], images, texts)
     reference = logits(model, stock)
+    stock_class = type(model)
     patch_model(model)
-    forward = model.forward
-    assert patch_model(model) is model and model.forward is forward
+    patched_class = type(model)
+    assert patched_class is not stock_class and patched_class.__name__ == stock_class.__name__
+    assert patch_model(model) is model and type(model) is patched_class
     try:
         assert torch.equal(logits(model, stock), reference)
     finally:
         unpatch_model(model)
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert unpatch_model(model) is model
+    assert type(model) is stock_class and "forward" not in model.__dict__ and "generate" not in model.__dict__
+    assert unpatch_model(model) is model and type(model) is stock_class
 
 
 def test_prepare_inputs_without_patching(processors, model, images, texts):

@@ -43,7 +43,8 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+from . import _compat
 
 IMAGE_PROCESSOR_CLASSES = (Qwen2VLImageProcessor, Qwen2VLImageProcessorPil)
 VIDEO_PROCESSOR_CLASSES = (Qwen2VLVideoProcessor, Qwen3VLVideoProcessor)
@@ -219,13 +220,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
         m = self.merge_size(base)
         visual = base.visual
         # On the tower's device, as the stock tower computes it (same float arithmetic).
-        indices, weights = get_vision_interpolation_indices_and_weights(
-            grid_thw.to(visual.device),
-            num_grid_per_side=visual.num_grid_per_side,
-            mode=visual.interpolation_mode,
-            align_corners=visual.interpolation_align_corners,
-            spatial_merge_size=m,
-        )
+        indices, weights = _compat.interpolation(visual, grid_thw, m)
         # Full-grid rows are block-major per frame: row of patch (h, w) in frame t of item i.
         t, h, w = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]
         start = torch.cumsum(t * h * w, 0) - t * h * w
@@ -240,8 +235,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
 
     def encode(self, base, pixel_values, grid_thw, regions):
         out = super().encode(base, pixel_values, grid_thw, regions)
-        counts = [len(x) for x in out.pooler_output]
-        out.deepstack_features = [torch.split(f, counts) for f in out.deepstack_features]
+        out.deepstack_features = _compat.split_deepstack(out.deepstack_features, [len(x) for x in out.pooler_output])
         return out
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+import transformers
 
-from .families import VisualItem, family_of, full_grid_regions
+from . import _compat
+from .families import FAMILIES, VisualItem, family_of, full_grid_regions
 from .processing import REGIONS_KEY, VIDEO_REGIONS_KEY
 
-_PATCH_ATTR = "_entropy_prune_originals"
 MODALITIES = {  # modality: (regions key, pixel key, grid key, code in mm_token_type_ids)
     "image": (REGIONS_KEY, "pixel_values", "image_grid_thw", 1),
     "video": (VIDEO_REGIONS_KEY, "pixel_values_videos", "video_grid_thw", 2),
@@ -158,6 +160,8 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
     ``mm_encoder_outputs`` instead of ``pixel_values`` / ``pixel_values_videos``, plus
     ``position_ids`` (4, B, L). Use the result for one call: ``generate`` with beams expands
     ``mm_encoder_outputs`` in place. Sets ``rope_deltas`` on the model like the stock forward.
+    The stock methods take ``mm_encoder_outputs`` from transformers 5.19 on; with older ones pass
+    the result to a :func:`patch_model`-ed model.
 
     Raises:
         TypeError: ``model`` is not a supported Qwen-VL model.
@@ -213,45 +217,123 @@ def _with_input_ids(method: Any, first: str, args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-def _has_regions(kwargs: dict) -> bool:
+def _has_regions(kwargs: Mapping[str, Any]) -> bool:
     return any(kwargs.get(keys[0]) is not None for keys in MODALITIES.values())
+
+
+def _expand_size(model: torch.nn.Module, kwargs: dict) -> int:
+    """Sequences ``generate`` makes per prompt with these kwargs (beams x returned sequences)."""
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    return math.prod(int(kwargs.get(k) or getattr(config, k, None) or 1) for k in ("num_beams", "num_return_sequences"))
+
+
+def _call(model: torch.nn.Module, stock: Any, first: str, args: tuple, kwargs: dict) -> Any:
+    """Run the stock ``forward``/``generate`` (bound ``stock``; ``first`` names its first
+    parameter) of a patched model on a wrapped processor's output or :func:`prepare_inputs`' result."""
+    if _has_regions(kwargs):
+        args, kwargs = (), prepare_inputs(model, _with_input_ids(stock, first, args, kwargs))
+    if kwargs.get("mm_encoder_outputs") is None or _compat.MM_ENCODER_OUTPUTS:
+        return stock(*args, **kwargs)
+    kwargs = _with_input_ids(stock, first, args, kwargs)
+    expand = _expand_size(model, kwargs) if first == "inputs" else 1
+    return _compat.encoder_outputs_call(stock, family_of(model).base(model), kwargs, expand)
+
+
+class _Patched:
+    """Base of the classes :func:`patch_model` gives a model: its stock class with ``forward`` (and
+    ``generate``) taking a wrapped processor's output. A class, not instance attributes, so
+    copies, pickles and compiled models of a patched model run patched, with their own weights."""
+
+    _stock_class: type
+
+
+def _routed(stock: Any, first: str) -> Any:
+    """The stock method ``stock`` (a function), routed through :func:`_call`; same signature
+    (transformers inspects it)."""
+
+    @functools.wraps(stock)
+    def method(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return _call(self, stock.__get__(self), first, args, kwargs)
+
+    return method
+
+
+_PATCHED: dict[str, type] = {}
+
+
+def _patched_class(stock: type) -> type:
+    """``_Patched + stock``, named like ``stock`` (saved configs name the stock architecture) and
+    reachable for pickle as ``entropy_prune.qwen.modeling.Patched<stock>``."""
+    qualname = f"Patched{stock.__name__}"
+    if qualname not in _PATCHED:
+        namespace = {"__module__": __name__, "__qualname__": qualname, "_stock_class": stock,
+                     "forward": _routed(stock.forward, "input_ids")}
+        if hasattr(stock, "generate"):
+            namespace["generate"] = _routed(stock.generate, "inputs")
+        _PATCHED[qualname] = type(stock.__name__, (_Patched, stock), namespace)
+    return _PATCHED[qualname]
+
+
+def __getattr__(name: str) -> type:
+    """Recreate a patched class on first lookup (unpickling in a fresh process)."""
+    stock = getattr(transformers, name.removeprefix("Patched"), None) if name.startswith("Patched") else None
+    if isinstance(stock, type) and any(issubclass(stock, f.model_classes) for f in FAMILIES):
+        return _patched_class(stock)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def patch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Make ``model(**inputs)`` and ``model.generate(**inputs)`` accept a wrapped processor's output.
 
+    Changes ``model``'s class to a subclass of its own (same name, same weights), so
+    ``copy.deepcopy``, ``pickle`` / ``torch.save`` and ``torch.compile`` keep it patched.
     Idempotent; undo with :func:`unpatch_model`. Inputs without ``image_kept_regions`` /
     ``video_kept_regions`` go to the stock methods untouched. Returns ``model``.
     TypeError for a model outside the supported Qwen-VL families.
     """
     family_of(model)
-    if _PATCH_ATTR in model.__dict__:
-        return model
-    originals = {name: model.__dict__[name] for name in ("forward", "generate") if name in model.__dict__}
-
-    def route(stock: Any, first: str) -> Any:
-        @functools.wraps(stock)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if not _has_regions(kwargs):
-                return stock(*args, **kwargs)
-            return stock(**prepare_inputs(model, _with_input_ids(stock, first, args, kwargs)))
-
-        return call
-
-    model.forward = route(model.forward, "input_ids")
-    if hasattr(model, "generate"):
-        model.generate = route(model.generate, "inputs")
-    model.__dict__[_PATCH_ATTR] = originals
+    if not isinstance(model, _Patched):
+        model.__class__ = _patched_class(type(model))
     return model
 
 
 def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Undo :func:`patch_model` (no-op on an unpatched model). Returns ``model``."""
-    originals = model.__dict__.pop(_PATCH_ATTR, None)
-    if originals is None:
-        return model
-    for name in ("forward", "generate"):
-        model.__dict__.pop(name, None)
-        if name in originals:
-            model.__dict__[name] = originals[name]
+    if isinstance(model, _Patched):
+        model.__class__ = model._stock_class
     return model
+
+
+def _guarded(method: Any, name: str) -> Any:
+    """``method`` of a stock class, refusing kept regions (a wrapped processor's output) on a model
+    that :func:`patch_model` has not patched, where they would fail deep inside the tower (and,
+    before transformers 5.19, ``mm_encoder_outputs``, which the stock methods would ignore)."""
+
+    @functools.wraps(method)
+    def guarded(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(self, _Patched):
+            given = [keys[0] for keys in MODALITIES.values() if kwargs.get(keys[0]) is not None]
+            if not _compat.MM_ENCODER_OUTPUTS and kwargs.get("mm_encoder_outputs") is not None:
+                given.append(f"mm_encoder_outputs (which transformers {transformers.__version__} does not take)")
+            if given:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} got {', '.join(given)}, but the model is not patched: "
+                    f"call entropy_prune.qwen.patch_model(model) once before using it"
+                )
+        return method(self, *args, **kwargs)
+
+    guarded._entropy_prune_guard = True
+    return guarded
+
+
+def _install_guards() -> None:
+    """Guard ``forward`` and ``generate`` of every supported stock model class (once)."""
+    for family in FAMILIES:
+        for cls in family.model_classes:
+            for name in ("forward", "generate"):
+                method = getattr(cls, name, None)
+                if method is not None and not getattr(method, "_entropy_prune_guard", False):
+                    setattr(cls, name, _guarded(method, name))
+
+
+_install_guards()

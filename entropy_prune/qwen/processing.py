@@ -38,7 +38,6 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers import BatchFeature
-from transformers.image_processing_backends import convert_to_rgb_pil
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 from transformers.processing_utils import ProcessorMixin
@@ -47,6 +46,8 @@ from .._image import BT601
 from ..scores import score_maps
 from ..selection import check_settings as check_selection
 from ..selection import default_score, select_patches
+from . import _compat
+from ._compat import NORM_KEYS
 from .families import IMAGE_PROCESSOR_CLASSES, PROCESSOR_CLASSES, VIDEO_PROCESSOR_CLASSES
 
 _CAPTURE = threading.local()  # per thread, while an image processor prunes: ``raws``, the
@@ -57,9 +58,7 @@ REGIONS_KEY = "image_kept_regions"
 region's top-left unit in merge-unit coordinates, sorted by (image, t, row, col)."""
 VIDEO_REGIONS_KEY = "video_kept_regions"
 """Same for videos: rows (video, level, t, row, col), t = temporal patch index."""
-
-NORM_KEYS = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
-"""``_preprocess`` arguments of the stock rescale and normalisation, in the order they take them."""
+_KEYS = {"images": REGIONS_KEY, "videos": VIDEO_REGIONS_KEY}
 
 SETTINGS = {
     "patch_selection_method": "budget",
@@ -103,6 +102,12 @@ UNSET = _Unset()
 
 def is_none_method(method: Any) -> bool:
     return method is None or (isinstance(method, str) and method == "none")
+
+
+def keeps_all(settings: dict) -> bool:
+    """Valid ``settings`` keep every unit of every item, whatever the content."""
+    method = settings["patch_selection_method"]
+    return is_none_method(method) or (method == "budget" and float(settings["alpha"]) == 1.0)
 
 
 def check_settings(settings: dict) -> None:
@@ -352,14 +357,16 @@ def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict
     return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
 
 
-def _rgb8_channels_last(image: Any, do_convert_rgb=None, input_data_format=None, device=None, do_resize=None, **_) -> torch.Tensor | None:
+def _rgb8_channels_last(
+    processor: Any, image: Any, do_convert_rgb=None, input_data_format=None, device=None, do_resize=None, **_
+) -> torch.Tensor | None:
     """(3, H, W) uint8 view of the channels-last pixels the torchvision backend's ``process_image``
     would copy to channels-first memory, for an (H, W, 3) uint8 array or a PIL image that
     converts to one the stock way, resized on the CPU (so no output shares its memory); else None."""
     if not do_resize or (device is not None and torch.device(device).type != "cpu"):
         return None
     if isinstance(image, PIL.Image.Image):
-        image = convert_to_rgb_pil(image, return_numpy=True) if do_convert_rgb else np.array(image)
+        image = _compat.rgb_array(processor, image, do_convert_rgb)
         input_data_format = ChannelDimension.LAST
     elif not isinstance(image, np.ndarray):
         return None
@@ -398,6 +405,14 @@ class PruningMixin:
         """The current selection settings (attribute values)."""
         return {k: getattr(self, k) for k in SETTINGS}
 
+    def to_dict(self) -> dict[str, Any]:
+        """Stock, plus the selection settings unless the method is ``None`` (then exactly stock)."""
+        out = super().to_dict()
+        if is_none_method(self.patch_selection_method):
+            for key in SETTINGS:
+                out.pop(key, None)
+        return out
+
     def _preprocess(self, *args, **kwargs):
         settings = {k: kwargs.pop(k, getattr(self, k)) for k in SETTINGS}
         if is_none_method(settings["patch_selection_method"]):
@@ -429,7 +444,7 @@ class PruningImageProcessorMixin(PruningMixin):
         then the dtype its patchify gives (torchvision: the image's own if neither step runs,
         integers rounded; PIL: float32)."""
         stock = super()
-        if hasattr(stock, "rescale_and_normalize"):  # torchvision backend: channels at dim -3
+        if _compat.is_torchvision_backend(self):  # channels at dim -3
             if not (do_rescale or do_normalize):
                 return (x if dtype.is_floating_point else x.round()).to(dtype)
             return stock.rescale_and_normalize(x, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
@@ -447,7 +462,7 @@ class PruningImageProcessorMixin(PruningMixin):
         stock method copies it to channels-first memory. torch's uint8 antialiased resize is
         about 2x faster on channels-last pixels (it repacks channels-first ones) and gives the
         same values; skipping the copy as well saves ~3 ms per MP."""
-        pixels = _rgb8_channels_last(image, **kwargs) if not args and hasattr(super(), "rescale_and_normalize") else None
+        pixels = _rgb8_channels_last(self, image, **kwargs) if not args and _compat.is_torchvision_backend(self) else None
         return pixels if pixels is not None else super().process_image(image, *args, **kwargs)
 
     def rescale_and_normalize(self, images, *args, **kwargs):
@@ -517,14 +532,25 @@ class PruningProcessorMixin:
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
-        """Stock size-only token counts, refused for pruned modalities (counts depend on content)."""
-        merged = self._merge_kwargs(**kwargs)
+        """Size-only token counts: the stock ones where the settings keep every unit (method
+        ``None``, or ``"budget"`` with alpha 1); a ValueError elsewhere, where they depend on the
+        content. Settings as for a call: flat kwargs, then ``images_kwargs`` / ``videos_kwargs``."""
+        flat = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
         for sizes, name, sub in ((image_sizes, "images", "image_processor"), (video_sizes, "videos", "video_processor")):
-            default = getattr(getattr(self, sub, None), "patch_selection_method", None)
-            if sizes is not None and not is_none_method(merged[f"{name}_kwargs"].get("patch_selection_method", default)):
+            processor = getattr(self, sub, None)
+            nested = kwargs.get(f"{name}_kwargs")
+            if nested is not None:
+                kwargs[f"{name}_kwargs"] = {k: v for k, v in nested.items() if k not in SETTINGS}
+            if sizes is None or not isinstance(processor, PruningMixin):
+                continue
+            settings = {**processor.selection_settings, **flat, **{k: v for k, v in (nested or {}).items() if k in SETTINGS}}
+            check_settings(settings)
+            if not keeps_all(settings):
+                method = settings["patch_selection_method"]
                 raise ValueError(
-                    f"with patch selection the number of {name[:-1]} tokens depends on the content; "
-                    f"run the processor on the {name} to get it"
+                    f"with patch_selection_method={method!r} (alpha={settings['alpha']!r}) the number of "
+                    f"{name[:-1]} tokens depends on the {name}' content; run the processor on the {name} and "
+                    f"count the rows of output[{_KEYS[name]!r}] per item instead"
                 )
         return super()._get_num_multimodal_tokens(image_sizes=image_sizes, video_sizes=video_sizes, **kwargs)
 
@@ -543,6 +569,19 @@ class PruningProcessorMixin:
         t = int(video_inputs["video_grid_thw"][video_idx][0])
         mine = regions[regions[:, 0] == video_idx]
         return _with_counts(stock, self.video_token, [int((mine[:, 2] == ti).sum()) for ti in range(t)])
+
+
+class _InputNames:
+    """``model_input_names`` of a pruning class: the stock names, plus the kept-regions key on an
+    instance whose default method prunes."""
+
+    def __init__(self, stock: list[str], key: str) -> None:
+        self.stock, self.key = list(stock), key
+
+    def __get__(self, obj: Any, cls: type) -> list[str]:
+        if obj is None or is_none_method(obj.patch_selection_method):
+            return list(self.stock)
+        return [*self.stock, self.key]
 
 
 _CLASSES: dict[str, type] = {}
@@ -567,7 +606,7 @@ def _pruning_class(base: type) -> type:
             namespace["valid_kwargs"] = TypedDict(
                 f"{qualname}Kwargs", {**base.valid_kwargs.__annotations__, **fields}, total=False
             )
-            namespace["model_input_names"] = [*base.model_input_names, mixin.keys[2]]
+            namespace["model_input_names"] = _InputNames(base.model_input_names, mixin.keys[2])
         _CLASSES[qualname] = type(base.__name__, (mixin, base), namespace)
     return _CLASSES[qualname]
 
@@ -594,7 +633,7 @@ def as_pruning(processor: Any, given: dict) -> Any:
     for key, default in SETTINGS.items():
         value = given[key] if key in given else processor.__dict__.get(key, default)
         setattr(new, key, value)
-    new._valid_kwargs_names = list(new.valid_kwargs.__annotations__)
+    _compat.set_valid_kwargs(new)
     check_settings(new.selection_settings)
     return new
 
