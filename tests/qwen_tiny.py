@@ -5,6 +5,7 @@ configs (no downloads)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -23,6 +24,8 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -167,3 +170,38 @@ def logits(model, inputs):
 def greedy(model, inputs, **kwargs):
     """Three greedy (or beam, with num_beams) new tokens."""
     return model.generate(**inputs, max_new_tokens=3, do_sample=False, **kwargs)
+
+
+def beams(model, inputs):
+    """Three new tokens by 2-beam search; None where transformers < 5.19 refuses beams on pruned
+    inputs (after checking that it says which version to upgrade to)."""
+    pruned = any(inputs.get(key) is not None for key in ("image_kept_regions", "video_kept_regions"))
+    if MM_ENCODER_OUTPUTS or not pruned:
+        return greedy(model, inputs, num_beams=2)
+    with pytest.raises(ValueError, match=r"needs transformers >= 5\.19"):
+        greedy(model, inputs, num_beams=2)
+    return None
+
+
+IMAGE, VIDEO, TEXT = {"type": "image"}, {"type": "video"}, {"type": "text", "text": "Describe."}
+
+
+def prompts(proc, contents):
+    """Chat-templated prompts, one per list of content parts."""
+    return [proc.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True) for c in contents]
+
+
+def family_media(family: str):
+    """2 images; a 5-frame video (padded to 3 temporal patches) and a 1-frame one (1 temporal patch).
+    The stock Qwen3-VL video processor refuses fewer than 2 frames, so it gets a 2-frame clip."""
+    images = [textured_image(112, 168, 0), textured_image(84, 84, 1)]
+    odd = np.stack([textured_image(84, 112, s) for s in range(5)])
+    short = np.stack([textured_image(56, 84, 9)] * (2 if family == "qwen3_vl" else 1))
+    return images, [odd, short]
+
+
+def batch(proc, media, **kwargs):
+    """Two prompts: [image, odd video, image] and [short video] (2 images + 2 videos, left padded)."""
+    images, videos = media
+    texts = prompts(proc, [[IMAGE, VIDEO, IMAGE, TEXT], [VIDEO, TEXT]])
+    return proc(images=images, videos=videos, text=texts, return_tensors="pt", padding=True, **kwargs)

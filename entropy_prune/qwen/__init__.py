@@ -1,6 +1,6 @@
 """Qwen-VL adapter: prune image and video tokens before the vision encoder.
 
-Needs ``pip install "entropy-prune[qwen]"``. Supported with transformers 5.23.0: Qwen2-VL,
+Needs ``pip install "entropy-prune[qwen]"``. Supported with transformers >= 5.16.1, < 5.25: Qwen2-VL,
 Qwen2.5-VL and Qwen3-VL (``*ForConditionalGeneration`` and ``*Model``), images and videos, both
 image-processor backends (torchvision and PIL). The family is detected from the objects.
 
@@ -16,23 +16,12 @@ merge_size^2 rows per kept region and each item gets one placeholder token per k
 
 try:
     import torch  # noqa: F401
-    import transformers
+    import transformers  # noqa: F401
 except ImportError as err:  # the core needs neither; say how to get the adapter's extra
-    raise ImportError(
-        "entropy_prune.qwen needs torch and transformers==5.23.0: pip install 'entropy-prune[qwen]'"
-    ) from err
+    raise ImportError("entropy_prune.qwen needs torch and transformers: pip install 'entropy-prune[qwen]'") from err
 
-TESTED_TRANSFORMERS = "5.23.0"
-if transformers.__version__ != TESTED_TRANSFORMERS:
-    import warnings
-
-    warnings.warn(
-        f"entropy_prune.qwen is tested with transformers {TESTED_TRANSFORMERS} only; found "
-        f"{transformers.__version__}. Check token counts and keep-all outputs before relying on it.",
-        stacklevel=2,
-    )
-
+from ._compat import SUPPORTED  # noqa: E402  (checks the transformers version first)
 from .modeling import patch_model, prepare_inputs, unpatch_model  # noqa: E402
 from .processing import REGIONS_KEY, SETTINGS, VIDEO_REGIONS_KEY, wrap_processor  # noqa: E402
 
-__all__ = ["REGIONS_KEY", "SETTINGS", "VIDEO_REGIONS_KEY", "patch_model", "prepare_inputs", "unpatch_model", "wrap_processor"]
+__all__ = ["REGIONS_KEY", "SETTINGS", "SUPPORTED", "VIDEO_REGIONS_KEY", "patch_model", "prepare_inputs", "unpatch_model", "wrap_processor"]

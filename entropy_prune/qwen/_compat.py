@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
-import transformers.image_transforms
-from transformers import Qwen2VLModel
-from transformers.image_processing_backends import TorchvisionBackend
-from transformers.vision_utils import get_vision_interpolation_indices_and_weights
 
 SUPPORTED = (">=5.16.1", "<5.25")
 """The transformers versions the adapter is tested with (each release in between is supported)."""
@@ -48,14 +45,24 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def check_version(version: str = transformers.__version__) -> None:
-    """ImportError naming the supported range when ``version`` is outside it."""
+    """ImportError for a transformers older than ``SUPPORTED`` (names it are missing there), a
+    warning for a newer one (untested), both naming the supported range."""
     low, high = _version(SUPPORTED[0][2:]), _version(SUPPORTED[1][1:])
-    if not low <= _version(version) < high:
-        raise ImportError(
-            f"entropy_prune.qwen supports transformers {','.join(SUPPORTED)}; found {version}. "
-            f"Install a supported one: pip install 'transformers{','.join(SUPPORTED)}'"
-        )
+    found = _version(version)
+    advice = f"entropy_prune.qwen supports transformers{','.join(SUPPORTED)}; found {version}."
+    if found < low:
+        raise ImportError(f"{advice} Upgrade: pip install 'transformers{','.join(SUPPORTED)}'")
+    if found >= high:
+        warnings.warn(f"{advice} Newer releases are untested: check token counts and keep-all outputs "
+                      f"before relying on them, or pip install 'transformers{','.join(SUPPORTED)}'", stacklevel=2)
 
+
+check_version()  # before the imports below, which older releases may lack
+
+import transformers.image_transforms  # noqa: E402
+from transformers import Qwen2VLModel  # noqa: E402
+from transformers.image_processing_backends import TorchvisionBackend  # noqa: E402
+from transformers.vision_utils import get_vision_interpolation_indices_and_weights  # noqa: E402
 
 PREPROCESS_KEYS = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
                    "patch_size", "merge_size", "temporal_patch_size", "return_tensors")
