@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 
 import numpy as np
@@ -239,3 +241,84 @@ def test_bad_temporal_threshold(family):
     for bad, error in ((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), ("0.1", TypeError)):
         with pytest.raises(error, match="temporal_threshold"):
             wrap_processor(proc, temporal_threshold=bad)
+
+
+# ---------------------------------------------------------------- a patched model is an ordinary model
+
+
+def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_path):
+    """Copies, pickles (torch.save/load) and compiled copies of a patched model run patched, with
+    their own weights; the original unpatches independently of its copy."""
+    name, proc, model = family
+    inputs = batch(wrap_processor(proc, alpha=0.3), media)
+    patch_model(model)
+    try:
+        expected = logits(model, inputs)
+        copy_ = copy.deepcopy(model)
+        assert torch.equal(logits(copy_, inputs), expected)
+        with torch.no_grad():
+            copy_.lm_head.weight.mul_(2)  # the copy's own weights drive its output
+        assert not torch.equal(logits(copy_, inputs), expected)
+        assert torch.equal(logits(model, inputs), expected)
+        torch.save(model, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert type(loaded) is type(model) and torch.equal(logits(loaded, inputs), expected)
+        assert torch.equal(logits(pickle.loads(pickle.dumps(model)), inputs), expected)
+        compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
+        assert torch.allclose(logits(compiled, inputs), expected, rtol=1e-5, atol=1e-5)
+        unpatch_model(copy_)
+        with pytest.raises(ValueError, match="patch_model"):
+            logits(copy_, inputs)
+        assert torch.equal(logits(model, inputs), expected)
+    finally:
+        unpatch_model(model)
+
+
+def test_unpatched_model_says_to_call_patch_model(family, media):
+    name, proc, model = family
+    inputs = batch(wrap_processor(proc, alpha=0.3), media)
+    for call in (lambda: logits(model, inputs), lambda: greedy(model, inputs), lambda: logits(model.model, inputs)):
+        with pytest.raises(ValueError, match=r"not patched: call entropy_prune\.qwen\.patch_model\(model\)"):
+            call()
+    stock = batch(proc, media)  # stock inputs to an unpatched model: untouched
+    assert torch.isfinite(logits(model, stock)).all()
+
+
+def test_pruning_off_is_stock(family, media, tmp_path):
+    """With the method None a wrapped processor is indistinguishable from stock: outputs,
+    model_input_names, to_dict() and saved files."""
+    name, proc, _ = family
+    off = wrap_processor(proc, patch_selection_method=None)
+    stock_out, off_out = batch(proc, media), batch(off, media)
+    assert stock_out.keys() == off_out.keys()
+    assert all(torch.equal(stock_out[k], off_out[k]) for k in stock_out)
+    assert off.model_input_names == proc.model_input_names
+    for sub in ("image_processor", "video_processor"):
+        assert getattr(off, sub).model_input_names == getattr(proc, sub).model_input_names
+        assert getattr(off, sub).to_dict() == getattr(proc, sub).to_dict()
+    proc.save_pretrained(tmp_path / "stock")
+    off.save_pretrained(tmp_path / "off")
+    saved = sorted(p.name for p in (tmp_path / "stock").iterdir())
+    assert saved == sorted(p.name for p in (tmp_path / "off").iterdir())
+    for file in saved:
+        assert (tmp_path / "stock" / file).read_bytes() == (tmp_path / "off" / file).read_bytes(), file
+    on = wrap_processor(proc, alpha=0.3)
+    assert sorted(on.model_input_names) == sorted([*proc.model_input_names, REGIONS_KEY, VIDEO_REGIONS_KEY])
+
+
+def test_size_only_token_counts(family):
+    """Exact where the settings keep every unit; a ValueError saying what to call elsewhere."""
+    name, proc, _ = family
+    sizes = {"image_sizes": [(112, 168), (84, 84)], "video_sizes": [(4, 84, 112)]}
+    stock = proc._get_num_multimodal_tokens(**sizes)
+    for settings in ({"patch_selection_method": None}, {"patch_selection_method": "budget", "alpha": 1.0}):
+        assert wrap_processor(proc, **settings)._get_num_multimodal_tokens(**sizes) == stock
+    wrapped = wrap_processor(proc, alpha=0.3)
+    assert wrapped._get_num_multimodal_tokens(**sizes, alpha=1.0) == stock
+    assert wrapped._get_num_multimodal_tokens(**sizes, images_kwargs={"patch_selection_method": None},
+                                              videos_kwargs={"patch_selection_method": None}) == stock
+    for settings in ({"alpha": 0.3}, {"patch_selection_method": "v2", "alpha": 1.0}):
+        with pytest.raises(ValueError, match=r"depends on the images' content.*image_kept_regions"):
+            wrap_processor(proc, **settings)._get_num_multimodal_tokens(image_sizes=sizes["image_sizes"])
+    with pytest.raises(ValueError, match=r"videos' content.*video_kept_regions"):
+        wrapped._get_num_multimodal_tokens(video_sizes=sizes["video_sizes"])

@@ -228,15 +228,17 @@ def _expand_size(model: torch.nn.Module, kwargs: dict) -> int:
 
 
 def _call(model: torch.nn.Module, stock: Any, first: str, args: tuple, kwargs: dict) -> Any:
-    """Run the stock ``forward``/``generate`` (bound ``stock``; ``first`` names its first
-    parameter) of a patched model on a wrapped processor's output or :func:`prepare_inputs`' result."""
+    """Run the stock ``forward``/``generate`` function ``stock`` (``first`` names its first
+    parameter after ``self``) of a patched model on a wrapped processor's output or
+    :func:`prepare_inputs`' result. ``stock`` is called with ``model`` explicitly: Dynamo, resuming
+    after a graph break, rebuilt a bound method as the patched one (endless recursion)."""
     if _has_regions(kwargs):
-        args, kwargs = (), prepare_inputs(model, _with_input_ids(stock, first, args, kwargs))
+        args, kwargs = (), prepare_inputs(model, _with_input_ids(functools.partial(stock, model), first, args, kwargs))
     if kwargs.get("mm_encoder_outputs") is None or _compat.MM_ENCODER_OUTPUTS:
-        return stock(*args, **kwargs)
-    kwargs = _with_input_ids(stock, first, args, kwargs)
+        return stock(model, *args, **kwargs)
+    kwargs = _with_input_ids(functools.partial(stock, model), first, args, kwargs)
     expand = _expand_size(model, kwargs) if first == "inputs" else 1
-    return _compat.encoder_outputs_call(stock, family_of(model).base(model), kwargs, expand)
+    return _compat.encoder_outputs_call(functools.partial(stock, model), family_of(model).base(model), kwargs, expand)
 
 
 class _Patched:
@@ -253,7 +255,7 @@ def _routed(stock: Any, first: str) -> Any:
 
     @functools.wraps(stock)
     def method(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return _call(self, stock.__get__(self), first, args, kwargs)
+        return _call(self, stock, first, args, kwargs)
 
     return method
 
