@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_image, check_int, is_torch, like_input, value_range
+from ._image import check_image, check_int, is_torch, like_input
 from .selection import Selection
 
 
@@ -61,15 +61,15 @@ def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, 
 
 
 def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: float = 0.5,
-                channels_first: bool = False) -> Any:
+                channels_first: bool = False, value_range: tuple[float, float] | None = None) -> Any:
     """Render what a selection keeps of an image, at full size.
 
     Level-1 cells are unchanged. A level-k region (side 2^(k-1) p px) is one token of p x p
     px: its pixels area-averaged over f x f blocks, f = 2^(k-1) (what the encoder is given).
     That p x p token image is brought back to the region's size by bilinear interpolation
     inside the region (pixel centres aligned, edges clamped to the region, so no region borrows
-    from its neighbours). Dropped cells are filled with ``fill`` x the range's top (mid-gray
-    by default, the neutral value). Integer dtypes are rounded to the nearest integer. Works on
+    from its neighbours). Dropped cells are filled with lo + ``fill`` x (hi - lo) of the
+    image's range (mid-gray by default, the neutral value). Integer dtypes are rounded to the nearest integer. Works on
     chunks of a row of regions: extra memory is the output plus ~10 MB of float64 temporaries
     whatever the image size.
 
@@ -78,12 +78,14 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
         selection: a :class:`Selection` of this image with this ``patch_size``.
         patch_size: base cell side p in pixels.
         fill: value of dropped pixels as a fraction of the range, in [0, 1].
+        channels_first: image is (C, H, W).
+        value_range: (lo, hi) the pixel values span, as in :func:`entropy_maps`.
 
     Returns:
         Same shape, dtype (bfloat16 included) and array type (torch: on the image's device)
         as ``image``; values stay in its range.
     """
-    arr = check_image(image, channels_first)
+    arr, (lo, hi) = check_image(image, channels_first, value_range)
     p = check_int("patch_size", patch_size, 1)
     if not isinstance(selection, Selection):
         raise TypeError(f"selection must be a Selection, got {type(selection).__name__}")
@@ -102,10 +104,10 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
     integer = np.issubdtype(arr.dtype, np.integer)
     for k, mask in enumerate(selection.masks[1:], 2):
         _coarse_regions(src, out, mask, p, 1 << (k - 1), integer)
-    top = fill * value_range(arr.dtype)
-    top = np.rint(top) if integer else top
+    fill_value = lo + fill * (hi - lo)
+    fill_value = np.rint(fill_value) if integer else fill_value
     for r in np.flatnonzero((selection.label_map == 0).any(1)):  # one row of cells at a time
-        out[r * p:(r + 1) * p, np.repeat(selection.label_map[r] == 0, p)[:w]] = top
+        out[r * p:(r + 1) * p, np.repeat(selection.label_map[r] == 0, p)[:w]] = fill_value
     out = out if arr.ndim == 3 else out[..., 0]
     if channels_first:
         out = np.moveaxis(out, -1, 0)

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_image, check_int, gray, like_input, value_range
+from ._image import check_image, check_int, gray, like_input
 
 SCORES = ("entropy", "detail")
+MAX_BINS = 4096  # a cell's histogram holds p^2 pixels (784 for 28 px): more bins only split singletons
+ENTROPY_COUNTS = 1 << 22  # histogram counts held at once (int32, and float64 while summed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,11 +71,16 @@ def _image_hw(arr: np.ndarray) -> tuple[int, int]:
     return tuple(arr.shape[-2:]) if arr.ndim == 2 else tuple(arr.shape[-3:-1])
 
 
-def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: bool) -> tuple:
+def _check_common(image: Any, patch_size: Any, num_scales: Any, channels_first: bool, value_range: Any) -> tuple:
     p = check_int("patch_size", patch_size, 1)
     k = check_int("num_scales", num_scales, 1)
-    arr = check_image(image, channels_first)
-    return arr, p, k
+    arr, rng = check_image(image, channels_first, value_range)
+    return arr, p, k, rng
+
+
+def _luma(arr: np.ndarray, lo: float) -> np.ndarray:
+    """BT.601 luma (float32) of a checked image minus ``lo``, the bottom of its range."""
+    return gray(arr.astype(np.float64) - lo) if lo else gray(arr)
 
 
 BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
@@ -139,15 +146,15 @@ def _entropy_from_counts(counts: np.ndarray, n: np.ndarray) -> np.ndarray:
     return (table[n] - table[counts].sum(-1)) / np.maximum(n, 1)
 
 
-def _entropy_one(arr: np.ndarray, p: int, num_scales: int, bins: int) -> list[np.ndarray]:
+def _entropy_one(arr: np.ndarray, p: int, num_scales: int, bins: int, rng: tuple[float, float]) -> list[np.ndarray]:
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
     rows, cols = shapes[0]
-    scale = np.float32(bins / value_range(arr.dtype))
+    scale = np.float32(bins / (rng[1] - rng[0]))
     col_offset = (np.arange(w, dtype=np.int64) // p) * bins
     counts = np.empty((rows, cols, bins), dtype=np.int32)
     for r in range(rows):  # one strip of cells at a time: O(p * W) temporaries
-        b = (gray(arr[r * p:(r + 1) * p]) * scale).astype(np.int64)
+        b = (_luma(arr[r * p:(r + 1) * p], rng[0]) * scale).astype(np.int64)
         np.minimum(b, bins - 1, out=b)
         b += col_offset
         counts[r] = np.bincount(b.ravel(), minlength=cols * bins).reshape(cols, bins)
@@ -161,33 +168,55 @@ def _entropy_one(arr: np.ndarray, p: int, num_scales: int, bins: int) -> list[np
     return maps
 
 
+def _entropy_tiled(arr: np.ndarray, p: int, num_scales: int, bins: int, rng: tuple[float, float]) -> list[np.ndarray]:
+    """:func:`_entropy_one` on bands of whole rows of coarsest blocks holding at most
+    ``ENTROPY_COUNTS // bins`` cells (one row of blocks at least), so the histograms take
+    O(ENTROPY_COUNTS + W / p * 4^(num_scales - 1) * bins) memory whatever the image's height.
+    Each band sees the same full-width pixel strips, so the maps are those of one pass."""
+    h, w = arr.shape[:2]
+    rows, cols = -(-h // p), -(-w // p)
+    b = 1 << (num_scales - 1)
+    band = max(1, ENTROPY_COUNTS // bins // cols // b) * b * p
+    if band >= h:
+        return _entropy_one(arr, p, num_scales, bins, rng)
+    parts = [_entropy_one(arr[y:y + band], p, num_scales, bins, rng) for y in range(0, h, band)]
+    return [np.concatenate([part[k] for part in parts]) for k in range(num_scales)]
+
+
 def entropy_maps(
     image: Any,
     patch_size: int = 28,
     num_scales: int = 3,
     bins: int = 256,
     channels_first: bool = False,
+    value_range: tuple[float, float] | None = None,
 ) -> ScoreMaps:
     """Shannon entropy (bits) of the grayscale histogram of every region at every scale.
 
     Grayscale is BT.601 luma (0.299 R + 0.587 G + 0.114 B); ``bins`` equal-width bins span the
-    image's range ([0, dtype max] for integers, [0, 1] for floats). Each pixel is read once:
-    coarse histograms are sums of their four children's. Extra memory O(p * W + cells * bins).
+    image's range (``value_range``). Each pixel is read once: coarse histograms are sums of
+    their four children's. Histograms are held for bands of rows of cells (at most 2^22 counts
+    or one row of coarsest blocks), so extra memory is O(p * W + 2^22 + W / p *
+    4^(num_scales - 1) * bins) whatever the image's height.
 
     Args:
         image: (..., H, W) or (..., H, W, C), C in {1, 3, 4} (alpha ignored); numpy or torch.
         patch_size: base cell side p in pixels, >= 1.
         num_scales: number of levels (cell sides p, 2p, 4p, ...), >= 1.
-        bins: histogram bins, >= 2.
+        bins: histogram bins, in [2, 4096].
         channels_first: image is (..., C, H, W).
+        value_range: (lo, hi) the pixel values span; default [0, dtype max] for integer images,
+            [0, 1] for floats. Values outside it raise a ValueError. An integer image wider
+            than 16 bits that uses less than 1/256 of its dtype's range without a
+            value_range (8-bit pixels stored as int64, say) gets a UserWarning.
 
     Returns:
         ScoreMaps: level k is (..., rows_k, cols_k) float64 in [0, log2(bins)] bits, numpy or
         torch on the input's device like the input.
     """
-    arr, p, k = _check_common(image, patch_size, num_scales, channels_first)
-    b = check_int("bins", bins, 2)
-    maps = _batched(arr, lambda x: _entropy_one(x, p, k, b), k)
+    arr, p, k, rng = _check_common(image, patch_size, num_scales, channels_first, value_range)
+    b = check_int("bins", bins, 2, MAX_BINS)
+    maps = _batched(arr, lambda x: _entropy_tiled(x, p, k, b, rng), k)
     return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "entropy")
 
 
@@ -227,17 +256,20 @@ LUMA_8BIT = np.array([4899, 9617, 1868], np.float32) / np.float32(1 << 14)
 """BT.601 weights in 14-bit fixed point (OpenCV's RGB2GRAY); exact in float32."""
 
 
-def _gray_levels(arr: np.ndarray, p: int) -> np.ndarray:
+def _gray_levels(arr: np.ndarray, p: int, rng: tuple[float, float]) -> np.ndarray:
     """(H, W) gray of a checked image in 8-bit gray levels, for the detail score.
 
-    uint8: luma rounded to an integer (``LUMA_8BIT`` weights, half up), computed exactly in
-    float32, and kept in float32 while p rows of squared levels sum below 2^24 (p <= 258), so
-    float32 row sums are exact too. Other dtypes: float64 BT.601 luma scaled to [0, 255].
+    8-bit pixels (uint8, or any integer dtype with range (0, 255)): luma rounded to an integer
+    (``LUMA_8BIT`` weights, half up), computed exactly in float32, and kept in float32 while p
+    rows of squared levels sum below 2^24 (p <= 258), so float32 row sums are exact too. Other
+    images: float64 BT.601 luma, its range ``rng`` mapped to [0, 255].
     """
-    if arr.dtype != np.uint8:
-        g = gray(arr).astype(np.float64)
-        if value_range(arr.dtype) != 255.0:
-            g *= 255.0 / value_range(arr.dtype)
+    if rng == (0.0, 255.0) and np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.uint8, copy=False)  # checked to lie in [0, 255]
+    if arr.dtype != np.uint8 or rng != (0.0, 255.0):
+        g = _luma(arr, rng[0]).astype(np.float64)
+        if rng[1] - rng[0] != 255.0:
+            g *= 255.0 / (rng[1] - rng[0])
         return g
     if arr.ndim == 3 and arr.shape[-1] >= 3:
         g = arr[..., :3].astype(np.float32) @ LUMA_8BIT  # multiples of 2^-14 below 2^8: exact
@@ -248,10 +280,10 @@ def _gray_levels(arr: np.ndarray, p: int) -> np.ndarray:
     return g if p * 255**2 < 1 << 24 else g.astype(np.float64)
 
 
-def _detail_one(arr: np.ndarray, p: int, num_scales: int) -> list[np.ndarray]:
+def _detail_one(arr: np.ndarray, p: int, num_scales: int, rng: tuple[float, float]) -> list[np.ndarray]:
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
-    g = _gray_levels(arr, p)
+    g = _gray_levels(arr, p, rng)
     n = np.outer(np.minimum(p, h - np.arange(0, h, p)), np.minimum(p, w - np.arange(0, w, p)))  # pixels per cell
     # 2 x 2 px sums, needed by level 2; where they tile every cell, they also give the cell sums
     # from a quarter of the values
@@ -283,6 +315,7 @@ def detail_maps(
     patch_size: int = 28,
     num_scales: int = 3,
     channels_first: bool = False,
+    value_range: tuple[float, float] | None = None,
 ) -> ScoreMaps:
     """Error of each region's coarse representation, in 8-bit gray levels.
 
@@ -292,9 +325,10 @@ def detail_maps(
     means at f/2 px minus block means at f px). dSS is additive, so splitting in descending
     score order removes the most error per token. Level 1 scores sqrt(SS / p^2), SS the squared
     deviation of the cell from its mean (the standard deviation for a whole cell). Gray: for
-    uint8 images 8-bit luma, BT.601 weights in 14-bit fixed point rounded to an integer
-    (OpenCV's RGB2GRAY), so every sum is exact and most passes run in float32; for other dtypes
-    BT.601 luma scaled to [0, 255]. A squared error at or below 1e-9 of the region's energy
+    8-bit pixels (uint8, or integers with ``value_range=(0, 255)``) 8-bit luma, BT.601 weights
+    in 14-bit fixed point rounded to an integer (OpenCV's RGB2GRAY), so every sum is exact and
+    most passes run in float32; for other images BT.601 luma, ``value_range`` mapped to
+    [0, 255]. A squared error at or below 1e-9 of the region's energy
     (float rounding of a flat region) scores 0. Runs on horizontal bands of whole coarsest
     blocks (cache-sized temporaries), in threads on machines with 4 or more cores.
 
@@ -303,12 +337,13 @@ def detail_maps(
         patch_size: base cell side p in pixels, >= 1.
         num_scales: number of levels, >= 1.
         channels_first: image is (..., C, H, W).
+        value_range: (lo, hi) the pixel values span, as in :func:`entropy_maps`.
 
     Returns:
         ScoreMaps: level k is (..., rows_k, cols_k) float64 >= 0 gray levels, like the input.
     """
-    arr, p, k = _check_common(image, patch_size, num_scales, channels_first)
-    maps = _batched(arr, lambda x: _banded(x, lambda band: _detail_one(band, p, k), p, k), k)
+    arr, p, k, rng = _check_common(image, patch_size, num_scales, channels_first, value_range)
+    maps = _batched(arr, lambda x: _banded(x, lambda band: _detail_one(band, p, k, rng), p, k), k)
     return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "detail")
 
 

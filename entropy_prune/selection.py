@@ -263,6 +263,7 @@ def select_patches(
     mode: str = "multiscale",
     score: str | None = None,
     channels_first: bool = False,
+    value_range: tuple[float, float] | None = None,
 ) -> Selection:
     """Choose which regions of an image keep full resolution, go coarse, or are dropped.
 
@@ -297,6 +298,8 @@ def select_patches(
         score: ``"entropy"`` (bits) or ``"detail"`` (gray levels) (images only); None picks
             ``"detail"`` for method "budget" and ``"entropy"`` otherwise.
         channels_first: image is (C, H, W).
+        value_range: (lo, hi) the image's pixel values span (images only), as in
+            :func:`entropy_maps`; default [0, dtype max] for integers, [0, 1] for floats.
 
     Returns:
         Selection: label map, per-level masks, regions and token count (numpy arrays).
@@ -307,7 +310,8 @@ def select_patches(
     else:
         score = _check_score(method, score)
         check_int("num_scales", num_scales, 1)
-        sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first)
+        sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first,
+                        value_range=value_range)
         if sm[0].ndim != 2:
             raise ValueError(f"select_patches takes one image at a time, got a batch of shape {tuple(sm[0].shape[:-2])}")
         maps, partial = _check_maps(sm)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_image, value_range
+from ._image import check_image
 from .selection import Selection
 
 # Outline colour of a region by level (1, 2, 3, 4+), RGB.
@@ -15,12 +15,12 @@ LEVEL_COLOURS = np.array([(255, 255, 255), (255, 200, 0), (255, 60, 60), (180, 8
 _HEAT = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
 
 
-def to_rgb8(image: Any, channels_first: bool = False) -> np.ndarray:
-    """(H, W[, C]) image in any supported dtype -> uint8 (H, W, 3)."""
-    arr = check_image(image, channels_first)
+def to_rgb8(image: Any, channels_first: bool = False, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W[, C]) image in any supported dtype -> uint8 (H, W, 3), its range mapped to [0, 255]."""
+    arr, (lo, hi) = check_image(image, channels_first, value_range)
     if arr.ndim != 3 and arr.ndim != 2:
         raise ValueError(f"image must be a single (H, W) or (H, W, C) image, got shape {arr.shape}")
-    x = arr.astype(np.float64) * (255.0 / value_range(arr.dtype))
+    x = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
     if x.ndim == 2:
         x = x[..., None]
     x = x[..., :3] if x.shape[-1] >= 3 else np.repeat(x, 3, -1)

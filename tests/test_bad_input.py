@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entropy_prune import detail_maps, entropy_maps, select_patches
+from entropy_prune import detail_maps, entropy_maps, reconstruct, select_patches
 
 IMG = np.zeros((56, 56, 3), np.uint8)
 
@@ -58,6 +58,45 @@ def test_non_integer_sizes(name, value):
 def test_bins_below_two():
     with pytest.raises(ValueError, match="bins"):
         entropy_maps(IMG, bins=1)
+
+
+@given(st.integers(4097, 10**12))
+def test_bins_above_4096(bins):
+    """Was unbounded: bins=10**7 allocated cells x bins counts until the OOM killer came."""
+    with pytest.raises(ValueError, match=rf"bins must be an integer in \[2, 4096\], got {bins}"):
+        entropy_maps(IMG, bins=bins)
+
+
+@pytest.mark.parametrize("fn", [entropy_maps, detail_maps, select_patches, reconstruct])
+@pytest.mark.parametrize(
+    "value_range, error, words",
+    [
+        ((0, 255, 1), TypeError, "pair (lo, hi)"),
+        ("0-255", TypeError, "pair (lo, hi)"),
+        ((0, "255"), TypeError, "pair (lo, hi)"),
+        ((True, 255), TypeError, "pair (lo, hi)"),
+        (255, TypeError, "pair (lo, hi)"),
+        ((255, 0), ValueError, "lo < hi"),
+        ((3, 3), ValueError, "lo < hi"),
+        ((0, float("inf")), ValueError, "finite"),
+        ((float("nan"), 1), ValueError, "finite"),
+        ((0, 100), ValueError, "image values must lie in value_range [0, 100], got [0, 255]"),
+        ((10, 300), ValueError, "image values must lie in value_range [10, 300], got [0, 255]"),
+    ],
+)
+def test_bad_value_range(fn, value_range, error, words):
+    img = np.zeros((56, 56, 3), np.uint8)
+    img[0, 0] = 255
+    call = fn if fn is not reconstruct else lambda x, **kw: reconstruct(x, select_patches(x, "none"), **kw)
+    with pytest.raises(error) as info:
+        call(img, value_range=value_range)
+    assert "value_range" in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("image", [np.full((8, 8), np.inf), np.full((8, 8), np.nan, np.float32)])
+def test_nan_and_inf_raise_with_a_value_range_too(image):
+    with pytest.raises(ValueError, match="NaN or inf"):
+        entropy_maps(image, value_range=(0, 10))
 
 
 @given(st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0, exclude_min=True), st.just(float("nan"))))

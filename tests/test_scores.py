@@ -1,6 +1,8 @@
 import math
 import multiprocessing
 import os
+import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entropy_prune import detail_maps, entropy_maps, scores
+from entropy_prune import detail_maps, entropy_maps, reconstruct, scores, select_patches
 from strategies import images
 
 BT601 = np.array([0.299, 0.587, 0.114])
@@ -111,7 +113,7 @@ def test_detail_row_sums_of_8bit_squares_are_exact(p):
     """8-bit gray is summed in float32 only while p rows of 255^2 stay below 2^24 (p <= 258);
     past that a float32 sum of p white rows would round, so float64 takes over."""
     white = np.full((p, 3 * p, 3), 255, np.uint8)
-    g = scores._gray_levels(white, p)
+    g = scores._gray_levels(white, p, (0.0, 255.0))
     assert g.dtype == (np.float32 if p <= 258 else np.float64)
     assert np.all(g == 255.0)
     assert np.array_equal(scores._cell_sums(g, p, squared=True), np.full((1, 3), float(p * p * 255**2)))
@@ -135,7 +137,7 @@ def test_detail_in_bands_and_threads_matches_one_pass(seed, workers, extra_rows)
     """A tall image (12 bands of 56 rows, then a partial band and partial edge cells) scores the
     same in bands, one after another or in threads, as in one pass, and matches the reference."""
     img = np.random.default_rng(seed).integers(0, 256, (56 * 12 + extra_rows, 45, 3), dtype=np.uint8)
-    whole = scores._detail_one(img, 7, 3)
+    whole = scores._detail_one(img, 7, 3, (0.0, 255.0))
     original, scores.score_workers = scores.score_workers, lambda: workers
     try:
         maps = detail_maps(img, patch_size=7, num_scales=3)
@@ -227,3 +229,92 @@ def test_gradient_scores_high_in_entropy_but_low_in_detail():
     d_ramp, d_text = detail_maps(ramp, 28, 2)[1][0, 0], detail_maps(text, 28, 2)[1][0, 0]
     assert e_ramp > e_text
     assert d_text > d_ramp
+
+
+@given(images(dtypes=("uint8",)), st.integers(1, 6), st.integers(1, 4),
+       st.sampled_from(["int16", "int32", "int64", "uint16", "uint32", "uint64"]))
+def test_wide_integers_with_value_range_score_like_uint8(img, p, k, wide):
+    """8-bit pixels stored in a wider integer dtype score exactly as the uint8 image when
+    value_range=(0, 255) says what they mean."""
+    for fn in (entropy_maps, detail_maps):
+        ref = fn(img, patch_size=p, num_scales=k)
+        got = fn(img.astype(wide), patch_size=p, num_scales=k, value_range=(0, 255))
+        for x, y in zip(ref, got):
+            assert np.array_equal(x, y)
+    e = entropy_maps(img.astype(np.float32), patch_size=p, num_scales=k, value_range=np.array([0.0, 255.0]))
+    for x, y in zip(entropy_maps(img, patch_size=p, num_scales=k), e):
+        assert np.array_equal(x, y)
+
+
+@given(images(dtypes=("uint8",)), st.integers(1, 6), st.integers(1, 3), st.integers(-1000, 1000), st.sampled_from([1, 4, 257]))
+def test_value_range_is_offset_and_scale(img, p, k, offset, step):
+    """An 8-bit picture stored as offset + step * value with value_range = (offset, offset +
+    255 step) scores as the 8-bit picture (a 12-bit camera frame, a depth map in mm, ...):
+    detail up to float32 luma rounding, entropy of one-channel pictures exactly (colour luma
+    may round across a bin edge)."""
+    stored = offset + step * img.astype(np.int64)
+    rng = (offset, offset + 255 * step)
+    ref = detail_maps(img.astype(np.float64) / 255, patch_size=p, num_scales=k)
+    for x, y in zip(ref, detail_maps(stored.astype(np.float64), patch_size=p, num_scales=k, value_range=rng)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-4)
+    if img.ndim == 2 or img.shape[-1] == 1:
+        ref = entropy_maps(img, patch_size=p, num_scales=k)
+        for x, y in zip(ref, entropy_maps(stored, patch_size=p, num_scales=k, value_range=rng)):
+            np.testing.assert_allclose(x, y, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint32", "uint64"])
+@pytest.mark.parametrize("fn", [entropy_maps, detail_maps, select_patches, None], ids=["entropy", "detail", "select", "reconstruct"])
+def test_wide_integer_image_in_a_tiny_part_of_its_range_warns(dtype, fn):
+    """8-bit pixels as int64 (the usual result of numpy arithmetic) use 1/2^55 of the range
+    integer images mean: the caller gets a UserWarning telling them to pass value_range,
+    attributed to their own line; with value_range, no warning."""
+    img = np.random.default_rng(0).integers(0, 256, (56, 56, 3)).astype(dtype)
+    call = fn or (lambda x, **kw: reconstruct(x, select_patches(x, "none", **kw), **kw))
+    with pytest.warns(UserWarning, match=r"value_range=\(lo, hi\)") as record:
+        call(img)
+    assert all(w.filename == __file__ for w in record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call(img, value_range=(0, 255))
+
+
+@given(st.sampled_from(["uint8", "int8", "uint16", "int16", "int32", "int64", "uint32", "uint64"]), st.floats(0, 1))
+def test_warning_only_for_wide_integers_below_1_256_of_their_range(dtype, fraction):
+    top = np.iinfo(dtype).max
+    peak = int(fraction * top) if fraction < 1 else top
+    img = np.zeros((8, 8), dtype)
+    img[0, 0] = peak
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        entropy_maps(img)
+    assert bool(record) == (np.dtype(dtype).itemsize > 2 and peak < top // 256)
+
+
+@given(images(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([2, 7, 256, 1000]), st.integers(1, 3000))
+def test_entropy_in_bands_matches_one_pass(img, p, k, bins, limit):
+    """Histograms are held for bands of whole rows of coarsest blocks (ENTROPY_COUNTS counts at
+    most, one row of blocks at least): any banding gives the maps of one pass."""
+    whole = entropy_maps(img, patch_size=p, num_scales=k, bins=bins)
+    original, scores.ENTROPY_COUNTS = scores.ENTROPY_COUNTS, limit
+    try:
+        banded = entropy_maps(img, patch_size=p, num_scales=k, bins=bins)
+    finally:
+        scores.ENTROPY_COUNTS = original
+    for x, y in zip(whole, banded):
+        assert np.array_equal(x, y)
+
+
+def test_most_bins_on_a_tall_image_take_bounded_memory():
+    """4096 bins (the most allowed) on a 4000 x 1000 image: the histograms of a band of rows at
+    a time (~50 MB), not the 5k cells x 4096 bins x 12 bytes (250 MB) of holding them all."""
+    img = np.random.default_rng(0).integers(0, 2**16, (4000, 1000), dtype=np.uint16)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        maps = entropy_maps(img, bins=4096)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 * 2**20, f"extra peak {peak / 2**20:.0f} MiB"
+    np.testing.assert_allclose(maps[2][-1:, -2:], reference_entropy(img[-112 - 4000 % 112:, -224 - 1000 % 112:], 28, 3, 4096)[-1:, -2:], atol=1e-9)
