@@ -592,3 +592,16 @@ def test_float_images_without_rescale(processors, patched, images, texts, backen
     assert [len(f) for f in prepare_inputs(patched, ours)["mm_encoder_outputs"]["image"].pooler_output] == counts
     grid = stock["image_grid_thw"]
     assert sum(counts) < int((grid[:, 1] * grid[:, 2] // 4).sum())
+
+
+@pytest.mark.parametrize("call, where", [
+    (lambda proc, images, texts: run(proc, images, texts, alhpa=0.3), r"'alhpa' in a Qwen2VLProcessor call \(did you mean 'alpha'\?\)"),
+    (lambda proc, images, texts: run(proc, images, texts, images_kwargs={"alhpa": 0.3}), r"'alhpa' in images_kwargs \(did you mean 'alpha'\?\)"),
+    (lambda proc, images, texts: run(proc, images, texts, images_kwargs={"colour": 1}), r"'colour' in images_kwargs\."),
+    (lambda proc, images, texts: run(proc, images, texts, videos_kwargs={"temporal_treshold": 0.1}), r"'temporal_treshold' in videos_kwargs \(did you mean 'temporal_threshold'\?\)"),
+    (lambda proc, images, texts: proc.image_processor(images, patch_selection_metod="v1"), r"did you mean 'patch_selection_method'"),
+])
+def test_misspelt_settings_raise(processors, images, texts, call, where):
+    """A typo in a per-call setting names the setting and the valid ones, instead of running with the default."""
+    with pytest.raises(TypeError, match=where + r".*Selection settings: \['alpha', 'mode'"):
+        call(wrap_processor(processors["torchvision"]), images, texts)

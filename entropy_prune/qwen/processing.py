@@ -29,6 +29,7 @@ patch, so regions that barely changed score low and cost fewer tokens.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import threading
 from typing import Any, TypedDict
@@ -102,6 +103,20 @@ UNSET = _Unset()
 
 def is_none_method(method: Any) -> bool:
     return method is None or (isinstance(method, str) and method == "none")
+
+
+def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool) -> None:
+    """TypeError for a keyword of a call that the processor would drop or choke on: with
+    ``strict`` any keyword outside ``valid`` (the ``images_kwargs`` / ``videos_kwargs`` dicts, whose
+    stock typed-dict error names no setting), else one that is not valid but resembles a selection
+    setting (a typo the stock processor only logs, then runs with the default)."""
+    for key in kwargs:
+        close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.75)
+        if key in valid or not (strict or close):
+            continue
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"unknown setting {key!r} in {where}{hint}. Selection settings: {sorted(SETTINGS)}"
+                        + (f"; other valid keys: {sorted(valid - set(SETTINGS))}" if strict else ""))
 
 
 def keeps_all(settings: dict) -> bool:
@@ -413,6 +428,10 @@ class PruningMixin:
                 out.pop(key, None)
         return out
 
+    def __call__(self, *args, **kwargs):
+        check_call_keywords(kwargs, set(self.valid_kwargs.__annotations__), f"a {type(self).__name__} call", False)
+        return super().__call__(*args, **kwargs)
+
     def _preprocess(self, *args, **kwargs):
         settings = {k: kwargs.pop(k, getattr(self, k)) for k in SETTINGS}
         if is_none_method(settings["patch_selection_method"]):
@@ -530,6 +549,19 @@ class PruningProcessorMixin:
         if isinstance(video_processor, VIDEO_PROCESSOR_CLASSES) and not isinstance(video_processor, PruningMixin):
             video_processor = as_pruning(video_processor, {})
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        """Stock, after checking the selection settings' names (flat and in ``images_kwargs`` /
+        ``videos_kwargs``): a misspelt one raises a TypeError instead of being ignored."""
+        valid = set()
+        for name, sub in (("images_kwargs", "image_processor"), ("videos_kwargs", "video_processor")):
+            processor = getattr(self, sub, None)
+            names = set(processor.valid_kwargs.__annotations__) if isinstance(processor, PruningMixin) else set()
+            if names and isinstance(kwargs.get(name), dict):
+                check_call_keywords(kwargs[name], names, name, True)
+            valid |= names
+        check_call_keywords(kwargs, valid, f"a {type(self).__name__} call", False)
+        return super().__call__(*args, **kwargs)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
         """Size-only token counts: the stock ones where the settings keep every unit (method
