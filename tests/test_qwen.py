@@ -605,3 +605,11 @@ def test_misspelt_settings_raise(processors, images, texts, call, where):
     """A typo in a per-call setting names the setting and the valid ones, instead of running with the default."""
     with pytest.raises(TypeError, match=where + r".*Selection settings: \['alpha', 'mode'"):
         call(wrap_processor(processors["torchvision"]), images, texts)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_raise(processors, images, bad):
+    image = images[0].astype(np.float32) / 255
+    image[3, 4, 1] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        wrap_processor(processors["torchvision"]).image_processor([image], do_rescale=False, return_tensors="pt")

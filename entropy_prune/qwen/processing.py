@@ -166,10 +166,13 @@ def scoring_image(frame: torch.Tensor, norm: dict) -> np.ndarray:
 
 def raw_image(raw: torch.Tensor, norm: dict) -> np.ndarray:
     """Resized (C, H, W) image before rescaling -> image for the core scores: uint8 as it is,
-    other dtypes rescaled to [0, 1] and clipped (bicubic resizing can overshoot)."""
+    other dtypes rescaled to [0, 1] and clipped (bicubic resizing can overshoot). ValueError for
+    NaN or inf."""
     if raw.dtype == torch.uint8:
         return raw.cpu().numpy()
     x = raw.to("cpu", torch.float32) * (float(norm["rescale_factor"]) if norm["do_rescale"] else 1.0)
+    if not bool(torch.isfinite(x).all()):  # checked before clipping, which would turn inf into 1
+        raise ValueError("images and videos must hold finite pixel values; got NaN or inf")
     return x.clamp_(0.0, 1.0).numpy()
 
 
