@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
 
 from .scores import SCORES, score_maps
-from .selection import METHODS, MODES, default_score, select_patches
-from .visualize import render_selection
+from .selection import METHODS, MODES, check_settings, default_score, select_patches
+from .visualize import MAX_SIDE, render_selection
 
 SWEEP = [("none", None), ("v1", None), ("v2", 0.5), ("v2", 1.0), ("v2", 1.5),
          ("budget", 0.1), ("budget", 0.2), ("budget", 0.3), ("budget", 0.5), ("budget", 1.0)]
@@ -23,39 +26,117 @@ def default_image() -> np.ndarray:
         return np.asarray(Image.open(f).convert("RGB"))
 
 
+def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+    """Read an image file as (pixels, value_range, description of the range).
+
+    8-bit modes become uint8 RGB on [0, 255] (value_range None, description ""); 16-bit gray
+    (PIL "I;16*") stays uint16 on [0, 65535]; 32-bit integer ("I") and float ("F") gray are
+    scored on their own min..max, since they have no nominal range. Raises ValueError with a
+    one-line reason for anything that is not a readable image (PIL's UserWarnings about
+    truncated or corrupt data count as unreadable).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with Image.open(path) as im:
+                im.load()
+                mode = im.mode
+                arr = np.asarray(im) if mode.startswith(("I", "F")) else np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not an image file") from None
+    except (OSError, SyntaxError, ValueError, EOFError, UserWarning, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    if mode.startswith("I;16"):
+        return arr.astype(np.uint16), None, "16-bit gray, scored on [0, 65535]"
+    if mode in ("I", "F"):
+        arr = arr.astype(np.float64 if mode == "F" else np.int64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{path}: the image contains NaN or inf")
+        kind = "32-bit integer" if mode == "I" else "float"
+        return arr, (lo, hi if hi > lo else lo + 1.0), f"{kind} gray, scored on its range [{lo:g}, {hi:g}]"
+    return arr, None, ""
+
+
+def check_out(out: Path) -> None:
+    """Raise ValueError now, before any output, if ``out`` cannot be the PNG written at the end."""
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"must name a .png file, got '{out}'")
+    if out.is_dir():
+        raise ValueError(f"'{out}' is a directory")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create '{out}': '{parent}' is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"'{out}' is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="entropy-prune", description=__doc__)
-    parser.add_argument("--image", type=Path, help="image file (default: the bundled photograph)")
+    parser.add_argument("--image", type=Path,
+                        help="image file (default: the bundled photograph); 16-bit, 32-bit and float gray images "
+                             "are scored on their own range")
     parser.add_argument("--method", default="budget", choices=[m for m in METHODS if m])
-    parser.add_argument("--alpha", type=float, default=0.3, help="budget: fraction of tokens kept; v2: multiple of the mean score")
+    parser.add_argument("--alpha", type=float, default=0.3,
+                        help="budget: fraction of tokens kept, in (0, 1]; v2: multiple of the mean score, >= 0; "
+                             "unused by v1 and none")
     parser.add_argument("--mode", default="multiscale", choices=MODES)
     parser.add_argument("--score", choices=SCORES, help="default: detail for budget, entropy otherwise")
-    parser.add_argument("--patch-size", type=int, default=28, help="base cell side in pixels")
-    parser.add_argument("--out", type=Path, default=Path("selection.png"), help="PNG to write")
+    parser.add_argument("--patch-size", type=int, default=28, help="base cell side in pixels, >= 1")
+    parser.add_argument("--out", type=Path, default=Path("selection.png"),
+                        help="PNG to write: the image with the kept regions outlined, a heatmap of the score and a "
+                             f"legend, scaled down to at most {MAX_SIDE} px on its long side (default: selection.png)")
     args = parser.parse_args(argv)
 
-    image = np.asarray(Image.open(args.image).convert("RGB")) if args.image else default_image()
+    def fail(argument: str, message: Any) -> NoReturn:  # one line on stderr, exit code 2, before any output
+        parser.exit(2, f"{parser.prog}: error: argument {argument}: {message}\n")
+
+    method = METHODS[args.method]
+    if args.patch_size < 1:
+        fail("--patch-size", f"must be an integer >= 1, got {args.patch_size}")
+    try:
+        check_settings(args.method, args.alpha, None, 3, args.mode, args.score)
+    except ValueError as e:
+        fail("--alpha", e)
+    try:
+        check_out(args.out)
+    except ValueError as e:
+        fail("--out", e)
+    try:
+        image, value_range, described = load_image(args.image) if args.image else (default_image(), None, "")
+    except ValueError as e:
+        fail("--image", e)
     h, w = image.shape[:2]
     cache: dict = {}
 
-    def maps_for(method: str):
-        score = args.score or default_score(method)
+    def maps_for(name: str):
+        score = args.score or default_score(name)
         if score not in cache:
-            cache[score] = score_maps(image, score, patch_size=args.patch_size)
+            cache[score] = score_maps(image, score, patch_size=args.patch_size, value_range=value_range)
         return score, cache[score]
 
-    print(f"image {w}x{h} px, base cell {args.patch_size} px, mode {args.mode}")
+    print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, mode {args.mode}")
     print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}")
-    for method, alpha in SWEEP:
-        score, maps = maps_for(method)
-        sel = select_patches(maps, method, alpha if alpha is not None else 0.3, mode=args.mode)
+    for name, alpha in SWEEP:
+        score, maps = maps_for(name)
+        sel = select_patches(maps, name, alpha if alpha is not None else 0.3, mode=args.mode)
         shown = "-" if alpha is None else f"{alpha:g}"
-        print(f"{method:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {sel.num_tokens / sel.num_cells:>6.1%}")
-    score, maps = maps_for(args.method)
-    sel = select_patches(maps, args.method, args.alpha, mode=args.mode)
+        print(f"{name:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {sel.num_tokens / sel.num_cells:>6.1%}")
+    score, maps = maps_for(method)
+    sel = select_patches(maps, method, args.alpha, mode=args.mode)
+    used = f" alpha={args.alpha:g}" if method in ("budget", "v2") else ""
+    if method == "v1":  # drop mode uses the first threshold only
+        used = f" thresholds={sel.threshold[0]:g},{sel.threshold[1]:g}" if args.mode == "multiscale" else f" threshold={sel.threshold[0]:g}"
+    setting = f"{args.method}{used} score={score}: {sel.num_tokens} of {sel.num_cells} tokens"
+    picture = render_selection(image, sel, maps, args.patch_size, title=f"{setting} ({sel.num_tokens / sel.num_cells:.1%})",
+                               value_range=value_range)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(render_selection(image, sel, maps[0], args.patch_size)).save(args.out)
-    print(f"{args.method} alpha={args.alpha:g} score={score}: {sel.num_tokens} of {sel.num_cells} tokens -> wrote {args.out}")
+    Image.fromarray(picture).save(args.out)
+    print(f"{setting} -> wrote {args.out}")
     return 0
 
 

@@ -1,30 +1,45 @@
-"""Pictures of a selection: regions outlined by scale beside a score heatmap."""
+"""Pictures of a selection: kept regions outlined by size beside a heatmap of the score, with a
+legend for the region sizes and a colour bar for the score."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont, features
 
-from ._image import check_image
+from ._image import check_image, check_int, to_numpy
+from .scores import ScoreMaps
 from .selection import Selection
 
-# Outline colour of a region by level (1, 2, 3, 4+), RGB.
+# Outline colour of a region by level (1, 2, 3, 4+), RGB; each outline is lined inside with DARK,
+# so it shows on light and on dark pictures.
 LEVEL_COLOURS = np.array([(255, 255, 255), (255, 200, 0), (255, 60, 60), (180, 80, 255)], np.uint8)
+LEVEL_NAMES = ("white", "yellow", "red", "purple")
+DARK = np.array((0, 0, 0), np.uint8)
 # Anchors of a dark-blue -> yellow heatmap (viridis-like), RGB.
 _HEAT = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
+UNITS = {"entropy": "bits", "detail": "gray levels"}
+GAP = 8  # px between the panels, and around the legend
+MAX_SIDE = 4096  # default bound on the picture's long side, px
 
 
 def to_rgb8(image: Any, channels_first: bool = False, value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """(H, W[, C]) image in any supported dtype -> uint8 (H, W, 3), its range mapped to [0, 255]."""
+    """(H, W[, C]) image in any supported dtype -> uint8 (H, W, 3), its range mapped to [0, 255]
+    (converted 256 rows at a time, so temporaries stay small)."""
     arr, (lo, hi) = check_image(image, channels_first, value_range)
-    if arr.ndim != 3 and arr.ndim != 2:
+    if arr.ndim not in (2, 3):
         raise ValueError(f"image must be a single (H, W) or (H, W, C) image, got shape {arr.shape}")
-    x = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
-    if x.ndim == 2:
-        x = x[..., None]
-    x = x[..., :3] if x.shape[-1] >= 3 else np.repeat(x, 3, -1)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    x = arr[..., None] if arr.ndim == 2 else arr
+    x = x[..., :3] if x.shape[-1] >= 3 else x[..., :1]
+    out = np.empty(x.shape[:2] + (3,), np.uint8)
+    if arr.dtype == np.uint8 and (lo, hi) == (0.0, 255.0):
+        out[...] = x
+        return out
+    for y in range(0, x.shape[0], 256):
+        band = (x[y:y + 256].astype(np.float64) - lo) * (255.0 / (hi - lo))
+        out[y:y + 256] = np.clip(np.rint(band), 0, 255)
+    return out
 
 
 def heatmap(values: np.ndarray) -> np.ndarray:
@@ -38,33 +53,133 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return np.rint(_HEAT[i] * (1 - f) + _HEAT[i + 1] * f).astype(np.uint8)
 
 
-def render_selection(image: Any, selection: Selection, scores: np.ndarray, patch_size: int = 28) -> np.ndarray:
-    """Image with kept regions outlined by level (dropped cells dimmed) beside a score heatmap.
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's bundled default font, at ``size`` px where FreeType is available."""
+    return ImageFont.load_default(size=size) if features.check("freetype2") else ImageFont.load_default()
+
+
+def _outline(pic: np.ndarray, y0: int, x0: int, y1: int, x1: int, colour: np.ndarray) -> None:
+    """Rectangle [y0, y1] x [x0, x1] (inclusive) in ``colour``, lined inside with DARK when room."""
+    pic[y0, x0:x1 + 1] = pic[y1, x0:x1 + 1] = colour
+    pic[y0:y1 + 1, x0] = pic[y0:y1 + 1, x1] = colour
+    if y1 - y0 >= 4 and x1 - x0 >= 4:
+        pic[y0 + 1, x0 + 1:x1] = pic[y1 - 1, x0 + 1:x1] = DARK
+        pic[y0 + 1:y1, x0 + 1] = pic[y0 + 1:y1, x1 - 1] = DARK
+
+
+def render_selection(
+    image: Any,
+    selection: Selection,
+    scores: Any,
+    patch_size: int = 28,
+    *,
+    score_name: str | None = None,
+    title: str | None = None,
+    value_range: tuple[float, float] | None = None,
+    max_side: int = MAX_SIDE,
+) -> np.ndarray:
+    """The image with kept regions outlined by size (dropped cells dimmed) beside a heatmap of
+    the level-1 score, above a legend: region sizes with their colours and token counts, and a
+    colour bar with the score's name, unit and numeric range.
+
+    Pictures wider or taller than ``max_side`` px are scaled down (area-averaged) to fit.
 
     Args:
         image: (H, W[, C]) image that was selected on.
         selection: its :class:`Selection`.
-        scores: (rows, cols) level-1 score map (e.g. ``entropy_maps(image)[0]``).
+        scores: the :class:`ScoreMaps` it was selected on (level 1 is drawn, its name shown), or
+            a (rows, cols) level-1 score map.
         patch_size: base cell side in pixels.
+        score_name: name shown on the colour bar; default the ScoreMaps' score, else "score".
+        title: first legend line; default method, mode and token count.
+        value_range: (lo, hi) the image's pixel values span, as in :func:`entropy_maps`.
+        max_side: largest width or height of the picture in px, >= 256.
 
     Returns:
-        uint8 (H, 2 W + 8, 3): selection on the left, heatmap (one colour per base cell) right.
+        uint8 (height, width, 3): panels of the image's size (scaled to fit ``max_side``) with
+        an 8 px gap, the legend below; at least as wide as the legend needs.
     """
-    rgb = to_rgb8(image)
+    if not isinstance(selection, Selection):
+        raise TypeError(f"selection must be a Selection, got {type(selection).__name__}")
+    p = check_int("patch_size", patch_size, 1)
+    max_side = check_int("max_side", max_side, 256)
+    if isinstance(scores, ScoreMaps):
+        score_name = scores.score if score_name is None else score_name
+        scores = scores[0]
+    level1 = np.asarray(to_numpy(scores), np.float64)
+    rgb = to_rgb8(image, value_range=value_range)
     h, w = rgb.shape[:2]
-    p = patch_size
     rows, cols = selection.label_map.shape
     if (rows, cols) != (-(-h // p), -(-w // p)):
         raise ValueError(f"selection grid {rows}x{cols} does not match a {h}x{w} image with patch_size={p}")
-    left = rgb.copy()
-    dropped = np.repeat(np.repeat(selection.label_map == 0, p, 0), p, 1)[:h, :w]
-    left[dropped] = left[dropped] // 4
-    for level, r, c in selection.regions:
+    if level1.shape != (rows, cols):
+        raise ValueError(f"scores must be the level-1 map, shape {(rows, cols)}, got {level1.shape}")
+
+    font = _font(14)
+    line = font.getbbox("Ag")[3] + 6
+    levels = len(selection.masks)
+    counts = [int(m.sum()) for m in selection.masks]
+    dropped = int((selection.label_map == 0).sum())
+    entries = [
+        (LEVEL_COLOURS[min(k, len(LEVEL_COLOURS)) - 1],
+         f"{p << (k - 1)} px {'cells (full resolution)' if k == 1 else f'blocks of {1 << (k - 1)}x{1 << (k - 1)} cells'}: "
+         f"{counts[k - 1]} tokens")
+        for k in range(1, levels + 1)
+    ]
+    if selection.mode == "drop":
+        entries.append((None, f"dropped (dimmed): {dropped} cells"))
+    title = title or (f"{selection.method} {selection.mode}: {selection.num_tokens} of {selection.num_cells} tokens "
+                      f"({selection.num_tokens / selection.num_cells:.1%})")
+    name = score_name or "score"
+    bar_label = f"{name} ({UNITS[name]})" if name in UNITS else name
+    bar_label += f" of each {p} px cell"
+    left_w = GAP + 24 + max(int(font.getlength(text)) for _, text in entries)
+    right_w = max(240, int(font.getlength(bar_label)) + GAP)
+    legend_h = GAP + line + max(len(entries), 3) * line + GAP
+
+    scale = min(1.0, (max_side - GAP) / (2 * w), (max_side - legend_h) / h)
+    h2, w2 = max(1, int(h * scale)), max(1, int(w * scale))
+    width = max(2 * w2 + GAP, left_w + GAP + right_w, int(font.getlength(title)) + 2 * GAP)
+    pic = np.full((h2 + legend_h, width, 3), 255, np.uint8)
+
+    # Left: the image (scaled), dropped cells dimmed, kept regions outlined by level.
+    left = rgb if (h2, w2) == (h, w) else np.array(Image.fromarray(rgb).resize((w2, h2), Image.Resampling.BOX))
+    cy = (np.arange(h2) * h // h2) // p  # base cell row of each picture row
+    cx = (np.arange(w2) * w // w2) // p
+    left[(selection.label_map == 0)[cy[:, None], cx[None, :]]] //= 4
+    for level, r, c in selection.regions:  # image px [r p, r p + s) -> picture rows [y0, y1]
         s = p << (level - 1)
-        colour = LEVEL_COLOURS[min(level, len(LEVEL_COLOURS)) - 1]
-        y0, x0, y1, x1 = r * p, c * p, min(r * p + s, h) - 1, min(c * p + s, w) - 1
-        left[y0, x0:x1 + 1] = left[y1, x0:x1 + 1] = colour
-        left[y0:y1 + 1, x0] = left[y0:y1 + 1, x1] = colour
-    heat = np.repeat(np.repeat(heatmap(scores), p, 0), p, 1)[:h, :w]
-    gap = np.full((h, 8, 3), 255, np.uint8)
-    return np.concatenate([left, gap, heat], 1)
+        y0, x0 = min(r * p * h2 // h, h2 - 1), min(c * p * w2 // w, w2 - 1)
+        y1 = min(max(y0, min(r * p + s, h) * h2 // h - 1), h2 - 1)
+        x1 = min(max(x0, min(c * p + s, w) * w2 // w - 1), w2 - 1)
+        _outline(left, y0, x0, y1, x1, LEVEL_COLOURS[min(level, len(LEVEL_COLOURS)) - 1])
+    pic[:h2, :w2] = left
+    # Right: one heatmap colour per base cell.
+    pic[:h2, w2 + GAP:2 * w2 + GAP] = heatmap(level1)[cy[:, None], cx[None, :]]
+
+    # Legend: title; region sizes (left); colour bar with its scale (right).
+    canvas = Image.fromarray(pic)
+    draw = ImageDraw.Draw(canvas)
+    y = h2 + GAP
+    draw.text((GAP, y), title, fill=(0, 0, 0), font=font)
+    y += line
+    swatch = np.full((line - 4, 18, 3), 255, np.uint8)
+    for i, (colour, text) in enumerate(entries):
+        box = swatch.copy()
+        if colour is None:
+            box[...] = 60
+        else:
+            box[...] = 128
+            _outline(box, 0, 0, box.shape[0] - 1, box.shape[1] - 1, colour)
+        canvas.paste(Image.fromarray(box), (GAP, y + i * line))
+        draw.text((GAP + 24, y + i * line), text, fill=(0, 0, 0), font=font)
+    bx = max(w2 + GAP, left_w + GAP)
+    bw = width - bx - GAP
+    draw.text((bx, y), bar_label, fill=(0, 0, 0), font=font)
+    ramp = heatmap(np.linspace(0.0, 1.0, bw)[None, :])
+    canvas.paste(Image.fromarray(np.repeat(ramp, line - 4, 0)), (bx, y + line))
+    lo, hi = float(level1.min()), float(level1.max())
+    for frac in (0.0, 0.5, 1.0):  # ticks: min, middle, max, aligned left, centred, right
+        text = f"{lo + frac * (hi - lo):.3g}"
+        draw.text((bx + round(frac * (bw - font.getlength(text))), y + 2 * line), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
