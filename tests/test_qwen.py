@@ -613,3 +613,32 @@ def test_non_finite_pixels_raise(processors, images, bad):
     image[3, 4, 1] = bad
     with pytest.raises(ValueError, match="NaN or inf"):
         wrap_processor(processors["torchvision"]).image_processor([image], do_rescale=False, return_tensors="pt")
+
+
+FORK_SCRIPT = """
+import multiprocessing, numpy as np
+from qwen_tiny import make_processor
+from entropy_prune.qwen import wrap_processor
+proc = wrap_processor(make_processor("pil"), alpha=0.5)
+proc.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 1024 * 1024}
+image = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+def kept(_):
+    return len(proc.image_processor([image], return_tensors="pt")["image_kept_regions"])
+parent = kept(0)  # torch's OpenMP pool now runs in this process
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    assert pool.map_async(kept, range(2)).get(timeout=60) == [parent] * 2
+print("ok")
+"""
+
+
+def test_fork_after_use_does_not_hang():
+    """A fork-based pool (multiprocessing, datasets.map) after the wrapped processor ran in the
+    parent: the children finish (they hung in torch's intra-op pool)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 import threading
 from typing import Any, TypedDict
@@ -91,6 +92,20 @@ def keep_buffers_in_heap() -> None:
     if not _HEAP_SEEN:
         torch.empty(24 << 20, dtype=torch.uint8)
         _HEAP_SEEN = True
+
+
+_FORK_HANDLER = False
+
+
+def _fork_safe_threads() -> None:
+    """Once per process, at the first pruning call: children forked later (multiprocessing or
+    ``datasets.map`` pools) run torch with one intra-op thread. The pruning ops ran torch's
+    OpenMP pool in the parent; GNU OpenMP cannot rebuild it after ``fork``, so the child's first
+    parallel op hung (torch's DataLoader workers do the same for the same reason)."""
+    global _FORK_HANDLER
+    if not _FORK_HANDLER:
+        os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+        _FORK_HANDLER = True
 
 
 class _Unset:
@@ -441,6 +456,7 @@ class PruningMixin:
             return super()._preprocess(*args, **kwargs)
         check_settings(settings)
         keep_buffers_in_heap()
+        _fork_safe_threads()
         return self._prune(lambda: super(PruningMixin, self)._preprocess(*args, **kwargs), settings, kwargs)
 
 
