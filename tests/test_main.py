@@ -58,7 +58,7 @@ def test_render_outlines_regions_and_dims_dropped_cells():
 
 def table(text):
     """The sweep table's rows of main's output."""
-    return [line for line in text.splitlines()[1:-1]]
+    return text.splitlines()[1:-1]
 
 
 @pytest.mark.parametrize("mode, ext", [("I;16", "png"), ("I;16", "tif"), ("I", "tif"), ("F", "tif")])
