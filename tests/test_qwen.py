@@ -642,3 +642,37 @@ def test_fork_after_use_does_not_hang():
     env.pop("OMP_NUM_THREADS", None)
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+DTYPES = {  # numpy dtypes the stock image processors accept, with the arguments they need
+    "uint16": (lambda x: x.astype(np.uint16) * 257, {}),
+    "uint32": (lambda x: x.astype(np.uint32), {}),
+    "int64": (lambda x: x.astype(np.int64), {}),
+    "int8": (lambda x: (x // 2).astype(np.int8), {}),
+    "bool": (lambda x: x > 128, {}),
+    "float16": (lambda x: x.astype(np.float16) / 255, {"do_rescale": False}),
+    "float64": (lambda x: x.astype(np.float64) / 255, {"do_rescale": False}),
+    "complex64": (lambda x: x.astype(np.complex64) / 255, {"do_rescale": False}),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_the_stock_processor_takes(processors, images, backend, dtype):
+    """Keep-all rows equal the stock ones; pruned coarse units are area averages of the stock rows."""
+    proc = processors[backend]
+    convert, kw = DTYPES[dtype]
+    image = convert(images[0])
+    try:
+        stock = proc.image_processor([image], return_tensors="pt", **kw)
+    except ValueError:  # e.g. the PIL backend refuses values outside [0, 255]
+        pytest.skip(f"the stock {backend} processor refuses {dtype} images")
+    keep_all = wrap_processor(proc, alpha=1.0).image_processor([image], return_tensors="pt", **kw)
+    assert torch.equal(keep_all["pixel_values"], stock["pixel_values"])
+    out = wrap_processor(proc, alpha=0.3).image_processor([image], return_tensors="pt", **kw)
+    regions = out[REGIONS_KEY]
+    assert (regions[:, 1] > 1).any() and out["pixel_values"].dtype == stock["pixel_values"].dtype
+    full = item_frames(stock["pixel_values"], stock["image_grid_thw"][0]).numpy().astype(np.complex128)
+    for n, expect in enumerate(expected_units(full, regions)):
+        got = out["pixel_values"][4 * n : 4 * n + 4].numpy().astype(np.complex128)
+        np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-2 if dtype == "float16" else 1e-5)

@@ -236,7 +236,8 @@ def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Te
     h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
     pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
     rows = pairs[..., 0, :].to(wide, copy=True)
-    rows += pairs[..., 1, :]
+    second = pairs[..., 1, :]
+    rows += second if second.dtype in _PROMOTES else second.to(wide)  # torch adds no bool/uint16+
     return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
 
 
@@ -260,12 +261,17 @@ def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
     return x.expand(k, m, m, ch, tp, p, p)
 
 
+_PROMOTES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # added in place to wider ints
+
+
 def sum_dtype(dtype: torch.dtype, level: int) -> torch.dtype:
     """dtype that holds sums of ``dtype`` pixels over 2^(level-1) x 2^(level-1) px blocks
-    exactly: floats as they are; integers int16 while the largest sum fits, int32 beyond."""
-    if dtype.is_floating_point:
+    exactly: floats and complex as they are; bool and integers the narrowest of int16, int32,
+    int64 that holds the largest sum, else float64 (exact below 2^53)."""
+    if dtype.is_floating_point or dtype.is_complex:
         return dtype
-    return torch.int16 if torch.iinfo(dtype).max << (2 * level - 2) < 1 << 15 else torch.int32
+    top = (1 if dtype == torch.bool else torch.iinfo(dtype).max) << (2 * level - 2)
+    return next((t for t in (torch.int16, torch.int32, torch.int64) if top <= torch.iinfo(t).max), torch.float64)
 
 
 def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, normalize=None) -> torch.Tensor:
@@ -285,7 +291,7 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
     """
     f, ch = frames.shape[:2]
     s = m * p
-    work = frames.dtype if frames.is_floating_point() else torch.float32
+    work = frames.dtype if frames.is_floating_point() or frames.is_complex() else torch.float32
     order = np.argsort(regions[:, 0], kind="stable")  # level by level, raster order within a level
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
     top = int(regions[:, 0].max(initial=1))
@@ -484,7 +490,7 @@ class PruningImageProcessorMixin(PruningMixin):
         stock = super()
         if _compat.is_torchvision_backend(self):  # channels at dim -3
             if not (do_rescale or do_normalize):
-                return (x if dtype.is_floating_point else x.round()).to(dtype)
+                return (x if dtype.is_floating_point or dtype.is_complex else x.round()).to(dtype)
             return stock.rescale_and_normalize(x, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
         n, c, s, _ = x.shape  # PIL backend: numpy, one (C, H, W) image
         y = x.permute(1, 0, 2, 3).reshape(c, n * s, s).numpy()
