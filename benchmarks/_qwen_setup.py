@@ -1,22 +1,14 @@
-"""Shared setup for the Qwen-VL benchmarks: import paths, real photographs, processors.
-
-Repo-only: puts the repo root (``entropy_prune``) and ``tests/`` (``qwen_tiny``'s in-memory
-tokenizer) on ``sys.path``, so the benchmarks run from a plain checkout.
-"""
+"""Shared setup for the Qwen-VL benchmarks: real photographs, processors, argument types."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "tests"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Qwen2-VL's own max_pixels (16384 units of 28 px): 4 MP images are not downscaled.
 MAX_PIXELS = 16384 * 28 * 28
@@ -44,11 +36,12 @@ def photo(name: str, megapixels: float) -> tuple[np.ndarray, str]:
 def make_stock_processor(backend: str, max_pixels: int = MAX_PIXELS):
     """Stock ``Qwen2VLProcessor`` with Qwen2-VL's image settings (14 px patches, merge 2, CLIP
     mean/std), the given image backend ("pil" or "torchvision") and ``max_pixels``, and the
-    in-memory tokenizer and chat template of ``tests/qwen_tiny.py``."""
-    from qwen_tiny import CHAT_TEMPLATE, make_tokenizer
+    in-memory tokenizer and chat template of :mod:`entropy_prune.qwen.testing`."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from entropy_prune.qwen.testing import CHAT_TEMPLATE, make_tokenizer
 
     size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
     image_cls = {"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil}[backend]

@@ -1,6 +1,6 @@
 """How much of the image survives at a token budget: PSNR / SSIM per score, mode and alpha.
 
-    python benchmarks/bench_fidelity.py [--out fidelity.png] [--alphas 0.2 0.3 0.5]
+    python -m benchmarks.bench_fidelity [--out fidelity.png] [--alphas 0.2 0.3 0.5]
 
 Every photograph in skimage.data that ships with scikit-image is resized the way the Qwen2-VL
 processor resizes it (smart_resize to multiples of 28 px, bicubic) and selected with method

@@ -1,14 +1,14 @@
 """Time to first token of Qwen2-VL-2B / 7B-shaped models, stock vs pruned processor output.
 
-    python benchmarks/bench_gpu.py [--models 2b 7b] [--sizes 1 4] [--alphas 0.5 0.3 0.2]
+    python -m benchmarks.bench_gpu [--models 2b 7b] [--sizes 1 4] [--alphas 0.5 0.3 0.2]
                                    [--mode multiscale] [--photo astronaut] [--repeats 10] [--warmup 3]
-    python benchmarks/bench_gpu.py --tiny      # same code path on CPU with a tiny config (CI smoke test)
+    python -m benchmarks.bench_gpu --tiny      # same code path on CPU with a tiny config (CI smoke test)
 
 Models: the exact Qwen2-VL-2B-Instruct / 7B-Instruct architectures (vision tower depth 32,
 embed 1280, 16 heads, mlp ratio 4, merger to the LLM width; LLM widths, depths, heads, KV heads,
 vocabularies and M-RoPE sections [16, 24, 24] of the released configs) with random weights, built
 directly on the GPU in bf16 with sdpa attention; the compute does not depend on weight values.
-The tokenizer is the in-memory one of ``tests/qwen_tiny.py`` (its special-token ids are written
+The tokenizer is the in-memory one of :mod:`entropy_prune.qwen.testing` (its special-token ids are written
 into the config), the image processor Qwen2-VL's with its own max_pixels (4 MP is not downscaled).
 
 Per model x image x setting (stock, then ``wrap_processor(method="budget", alpha, mode)`` with
@@ -27,9 +27,9 @@ import gc
 import statistics
 import time
 
-import _qwen_setup as setup
 import torch
 
+from benchmarks import _qwen_setup as setup
 from entropy_prune.qwen import patch_model, wrap_processor
 
 VISION_2B_7B = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu")

@@ -1,6 +1,6 @@
 """Wrapped vs stock Qwen2-VL processor: time per call and image tokens.
 
-    python benchmarks/bench_processor.py [--sizes 1 4] [--backends pil torchvision]
+    python -m benchmarks.bench_processor [--sizes 1 4] [--backends pil torchvision]
                                          [--photo astronaut] [--alpha 0.3] [--repeats 30]
                                          [--fresh-processes N]
 
@@ -26,11 +26,11 @@ import resource
 import statistics
 import time
 
-import _qwen_setup as setup
 import torch
 
+from benchmarks import _qwen_setup as setup
 from entropy_prune.qwen import wrap_processor
-from entropy_prune.qwen.processing import PruningImageProcessorMixin
+from entropy_prune.qwen.processing import _PruningImageProcessor
 
 
 def timed(fn) -> tuple[float, object]:
@@ -46,7 +46,7 @@ def prune_only(wrapped):
 
     class StockLayout(type(wrapped.image_processor)):
         def process_image(self, image, *args, **kwargs):
-            return super(PruningImageProcessorMixin, self).process_image(image, *args, **kwargs)
+            return super(_PruningImageProcessor, self).process_image(image, *args, **kwargs)
 
     new = copy.copy(wrapped)
     new.image_processor = copy.copy(wrapped.image_processor)

@@ -1,6 +1,6 @@
 """Time and peak memory of entropy maps (+ budget selection), ours vs two references.
 
-    python benchmarks/bench_scores.py [--repeats 20]
+    python -m benchmarks.bench_scores [--repeats 20]
 
 References, kept here only:
   one-hot  - per scale, a one-hot int64 histogram tensor per pixel (2 KB/pixel), summed over

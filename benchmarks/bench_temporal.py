@@ -1,6 +1,6 @@
 """Tokens the temporal score saves on video: the same clip with and without ``temporal_threshold``.
 
-    python benchmarks/bench_temporal.py [--tau 0.02]
+    python -m benchmarks.bench_temporal [--tau 0.02]
 
 Clips are 16 frames of 224 x 224 px cut from skimage.data photographs (static, panning, or
 half of each), processed by the Qwen2-VL video processor (64 tokens per temporal patch of two
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-import _qwen_setup  # noqa: F401  (puts the repo and tests/ on sys.path)
 import numpy as np
 import torch
-from qwen_tiny import make_processor
 from skimage import data
 
 from entropy_prune.qwen import VIDEO_REGIONS_KEY, wrap_processor
+from entropy_prune.qwen.testing import make_processor
 
 SIZE = {"shortest_edge": 56 * 56, "longest_edge": 224 * 224}
 CONFIGS = [("v1 multiscale", dict(patch_selection_method="v1")),

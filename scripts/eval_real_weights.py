@@ -1,6 +1,6 @@
 """Accuracy, image tokens and time of a local Qwen-VL checkpoint, stock vs pruned.
 
-    python scripts/eval_real_weights.py --model PATH --data DIR [--alphas 1.0 0.5 0.3]
+    python -m scripts.eval_real_weights --model PATH --data DIR [--alphas 1.0 0.5 0.3]
         [--method budget|v2] [--mode multiscale|drop] [--score detail|entropy]
         [--max-new-tokens 16] [--device cuda] [--dtype auto] [--limit N] [--out results.json]
 

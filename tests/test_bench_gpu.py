@@ -1,18 +1,12 @@
-"""benchmarks/bench_gpu.py --tiny: the GPU benchmark's code path on CPU with a tiny config."""
+"""python -m benchmarks.bench_gpu --tiny: the GPU benchmark's code path on CPU with a tiny config."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_gpu  # noqa: E402
+from benchmarks import bench_gpu  # noqa: E402
 
 
 def test_tiny_runs_and_reports_every_setting(capsys):
@@ -33,7 +27,7 @@ def test_tiny_runs_and_reports_every_setting(capsys):
 
 
 def test_config_special_tokens_match_tokenizer():
-    import _qwen_setup
+    from benchmarks import _qwen_setup
 
     tokenizer = _qwen_setup.make_stock_processor("pil").tokenizer
     for name, vocab in (("2b", 151936), ("7b", 152064)):
@@ -64,11 +58,15 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
 
 
 def test_command_line_smoke():
+    """``python -m benchmarks.bench_gpu`` from the repository root, as the README says."""
     import subprocess
+    import sys
+    from pathlib import Path
 
-    out = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--tiny", "--sizes", "0.05", "--alphas", "0.3",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_gpu", "--tiny", "--sizes", "0.05", "--alphas", "0.3",
                           "--repeats", "1", "--warmup", "0", "--proc-repeats", "1"],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
     assert "a=0.3" in out and "stock" in out
 
 

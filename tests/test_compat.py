@@ -13,14 +13,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from qwen_tiny import FAMILIES, batch, family_media, make_model, make_processor, textured_image  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor  # noqa: E402
 
 from entropy_prune.qwen import _compat  # noqa: E402
+from entropy_prune.qwen._units import cut_regions  # noqa: E402
 from entropy_prune.qwen.families import family_of, full_grid_regions  # noqa: E402
-from entropy_prune.qwen.modeling import mrope_positions  # noqa: E402
-from entropy_prune.qwen.processing import cut_regions  # noqa: E402
+from entropy_prune.qwen.modeling import _mrope_positions  # noqa: E402
+from entropy_prune.qwen.testing import FAMILIES, batch, family_media, make_model, make_processor, textured_image  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -179,7 +179,7 @@ def test_mrope_positions_equal_stock_get_rope_index(family):
         grid = inputs[f"{modality}_grid_thw"]
         items[code] = strategy.items(base, modality, grid, full_grid_regions(grid, m), inputs)
         token_ids[code] = getattr(base.config, f"{modality}_token_id")
-    ours, deltas = mrope_positions(inputs["input_ids"], inputs["attention_mask"], token_ids, items)
+    ours, deltas = _mrope_positions(inputs["input_ids"], inputs["attention_mask"], token_ids, items)
     names = inspect.signature(base.get_rope_index).parameters
     stock, stock_deltas = base.get_rope_index(**{k: v for k, v in inputs.items() if k in names})
     mask = inputs["attention_mask"].bool()

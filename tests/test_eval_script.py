@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from qwen_tiny import make_model, make_processor, textured_image  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import eval_real_weights as ev  # noqa: E402
+from entropy_prune.qwen.testing import make_model, make_processor, textured_image  # noqa: E402
+from scripts import eval_real_weights as ev  # noqa: E402
 
 # (h, w) px; the tiny processor keeps these sizes: 8x8, 6x10 and 4x4 merge units of 28 px.
 SIZES = [(224, 224), (168, 280), (112, 112)]

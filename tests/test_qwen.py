@@ -12,12 +12,19 @@ from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
-from qwen_tiny import beams, greedy, logits, make_model, make_processor, textured_image  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
 from entropy_prune import select_patches  # noqa: E402
+from entropy_prune.qwen import (  # noqa: E402
+    REGIONS_KEY,
+    VIDEO_REGIONS_KEY,
+    patch_model,
+    prepare_inputs,
+    unpatch_model,
+    wrap_processor,
+)
 from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS  # noqa: E402
-from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
+from entropy_prune.qwen.testing import beams, greedy, logits, make_model, make_processor, textured_image  # noqa: E402
 
 BACKENDS = ("torchvision", "pil")
 PROMPTS = [
@@ -617,7 +624,7 @@ def test_non_finite_pixels_raise(processors, images, bad):
 
 FORK_SCRIPT = """
 import multiprocessing, numpy as np
-from qwen_tiny import make_processor
+from entropy_prune.qwen.testing import make_processor
 from entropy_prune.qwen import wrap_processor
 proc = wrap_processor(make_processor("pil"), alpha=0.5)
 proc.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 1024 * 1024}
@@ -638,8 +645,7 @@ def test_fork_after_use_does_not_hang():
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
-    env.pop("OMP_NUM_THREADS", None)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 

@@ -8,9 +8,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from qwen_tiny import FAMILIES, make_model, make_processor, textured_image  # noqa: E402
-
 from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, wrap_processor  # noqa: E402
+from entropy_prune.qwen.testing import FAMILIES, make_model, make_processor, textured_image  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -12,15 +12,31 @@ import torch
 
 pytest.importorskip("transformers")
 
-from qwen_tiny import (  # noqa: E402
-    FAMILIES, IMAGE, TEXT, VIDEO, batch, beams, family_media, greedy, logits, make_model, make_processor, prompts,
+from entropy_prune import select_patches  # noqa: E402
+from entropy_prune.qwen import (  # noqa: E402
+    REGIONS_KEY,
+    VIDEO_REGIONS_KEY,
+    patch_model,
+    prepare_inputs,
+    unpatch_model,
+    wrap_processor,
+)
+from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS  # noqa: E402
+from entropy_prune.qwen.testing import (  # noqa: E402
+    FAMILIES,
+    IMAGE,
+    TEXT,
+    VIDEO,
+    batch,
+    beams,
+    family_media,
+    greedy,
+    logits,
+    make_model,
+    make_processor,
+    prompts,
     textured_image,
 )
-
-from entropy_prune import select_patches  # noqa: E402
-from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS  # noqa: E402
-from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, prepare_inputs, unpatch_model, wrap_processor  # noqa: E402
-
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

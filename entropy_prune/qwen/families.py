@@ -31,24 +31,15 @@ import torch.nn.functional as F
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLModel,
-    Qwen2_5_VLProcessor,
     Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessor,
     Qwen2VLModel,
-    Qwen2VLProcessor,
     Qwen3VLForConditionalGeneration,
     Qwen3VLModel,
-    Qwen3VLProcessor,
 )
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 from . import _compat
 
-IMAGE_PROCESSOR_CLASSES = (Qwen2VLImageProcessor, Qwen2VLImageProcessorPil)
-VIDEO_PROCESSOR_CLASSES = (Qwen2VLVideoProcessor, Qwen3VLVideoProcessor)
-PROCESSOR_CLASSES = (Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor)
+__all__ = ["FAMILIES", "Qwen2VLFamily", "Qwen2_5VLFamily", "Qwen3VLFamily", "VisualItem", "family_of", "full_grid_regions"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ class VisualItem:
         return int(self.positions.shape[1])
 
 
-def centre_offset(level: torch.Tensor) -> torch.Tensor:
+def _centre_offset(level: torch.Tensor) -> torch.Tensor:
     """Units from a level's region's top-left unit to its representative unit, the one at (or
     just up-left of) its centre: (b - 1) // 2, b = 2^(level-1). Gives the region's LLM position
     and, for Qwen2.5-VL, its window."""
@@ -112,7 +103,7 @@ class Qwen2VLFamily:
         out = []
         for i, (t, h, w) in enumerate(grid_thw.tolist()):
             level, tt, r, c = regions[regions[:, 0] == i, 1:].unbind(1)
-            off = centre_offset(level)
+            off = _centre_offset(level)
             time = self.time_positions(base, modality, i, t, inputs)[tt]
             out.append(VisualItem(torch.stack([time, r + off, c + off]), max(h, w) // m))
         return out
@@ -182,7 +173,7 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
         m = self.merge_size(base)
         cfg = base.config.vision_config
         units = cfg.window_size // m // cfg.patch_size  # window side in units
-        off = centre_offset(regions[:, 1])
+        off = _centre_offset(regions[:, 1])
         wr, wc = (regions[:, 3] + off) // units, (regions[:, 4] + off) // units
         span = [int(x.max()) + 1 if len(x) else 1 for x in (regions[:, 2], wr, wc, regions[:, 3], regions[:, 4])]
         window = ((regions[:, 0] * span[0] + regions[:, 2]) * span[1] + wr) * span[2] + wc

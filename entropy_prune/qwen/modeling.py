@@ -21,19 +21,21 @@ from . import _compat
 from .families import FAMILIES, VisualItem, family_of, full_grid_regions
 from .processing import REGIONS_KEY, VIDEO_REGIONS_KEY
 
-MODALITIES = {  # modality: (regions key, pixel key, grid key, code in mm_token_type_ids)
+__all__ = ["patch_model", "prepare_inputs", "unpatch_model"]
+
+_MODALITIES = {  # modality: (regions key, pixel key, grid key, code in mm_token_type_ids)
     "image": (REGIONS_KEY, "pixel_values", "image_grid_thw", 1),
     "video": (VIDEO_REGIONS_KEY, "pixel_values_videos", "video_grid_thw", 2),
 }
 
 
-def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int, modality: str = "image") -> torch.Tensor:
+def _check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int, modality: str = "image") -> torch.Tensor:
     """Validate a kept-regions tensor against its pixel rows and grids (``pixel_values`` /
     ``image_grid_thw`` for images, ``pixel_values_videos`` / ``video_grid_thw`` for videos).
 
     Returns it as int64 CPU (n, 5). Raises ValueError/TypeError naming what does not match.
     """
-    key, pixel_key, grid_key, _ = MODALITIES[modality]
+    key, pixel_key, grid_key, _ = _MODALITIES[modality]
     regions = torch.as_tensor(regions)
     if regions.dtype.is_floating_point or regions.dtype == torch.bool or regions.dtype.is_complex:
         raise TypeError(f"{key} must be an integer tensor, got dtype {regions.dtype}")
@@ -88,7 +90,7 @@ def check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: in
     return regions
 
 
-def mrope_positions(
+def _mrope_positions(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     token_ids: Mapping[int, int],
@@ -171,7 +173,7 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
     """
     family = family_of(model)
     inputs = dict(inputs)
-    regions = {name: inputs.pop(keys[0], None) for name, keys in MODALITIES.items()}
+    regions = {name: inputs.pop(keys[0], None) for name, keys in _MODALITIES.items()}
     if all(r is None for r in regions.values()):
         return inputs
     for key in ("position_ids", "mm_encoder_outputs", "inputs_embeds"):
@@ -183,12 +185,12 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
     base = family.base(model)
     m = family.merge_size(base)
     mm, items, token_ids = {}, {}, {}
-    for name, (_, pixel_key, grid_key, code) in MODALITIES.items():
+    for name, (_, pixel_key, grid_key, code) in _MODALITIES.items():
         token_ids[code] = getattr(base.config, f"{name}_token_id")
         items[code] = []
         pixels, grid = inputs.pop(pixel_key, None), inputs.get(grid_key)
         if regions[name] is not None:
-            kept = check_regions(regions[name], pixels, grid, m, name)
+            kept = _check_regions(regions[name], pixels, grid, m, name)
             grid = torch.as_tensor(grid).to("cpu", torch.long)
             if len(kept):  # nothing kept at all: no tower run, no features, no placeholders
                 mm[name] = family.encode(base, torch.as_tensor(pixels), grid, kept)
@@ -200,7 +202,7 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
         else:
             continue
         items[code] = family.items(base, name, grid, kept, inputs)
-    position_ids, deltas = mrope_positions(input_ids, inputs.get("attention_mask"), token_ids, items)
+    position_ids, deltas = _mrope_positions(input_ids, inputs.get("attention_mask"), token_ids, items)
     base.rope_deltas = deltas
     inputs["mm_encoder_outputs"] = mm
     inputs["position_ids"] = position_ids
@@ -218,7 +220,7 @@ def _with_input_ids(method: Any, first: str, args: tuple, kwargs: dict) -> dict:
 
 
 def _has_regions(kwargs: Mapping[str, Any]) -> bool:
-    return any(kwargs.get(keys[0]) is not None for keys in MODALITIES.values())
+    return any(kwargs.get(keys[0]) is not None for keys in _MODALITIES.values())
 
 
 def _expand_size(model: torch.nn.Module, kwargs: dict) -> int:
@@ -314,7 +316,7 @@ def _guarded(method: Any, name: str) -> Any:
     @functools.wraps(method)
     def guarded(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(self, _Patched):
-            given = [keys[0] for keys in MODALITIES.values() if kwargs.get(keys[0]) is not None]
+            given = [keys[0] for keys in _MODALITIES.values() if kwargs.get(keys[0]) is not None]
             if not _compat.MM_ENCODER_OUTPUTS and kwargs.get("mm_encoder_outputs") is not None:
                 given.append(f"mm_encoder_outputs (which transformers {transformers.__version__} does not take)")
             if given:

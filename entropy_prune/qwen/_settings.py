@@ -1,0 +1,69 @@
+"""Selection settings of the wrapped processors: names, defaults and validation."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+
+from ..selection import check_settings as check_selection
+
+SETTINGS = {
+    "patch_selection_method": "budget",
+    "alpha": 0.3,
+    "thresholds": None,
+    "num_scales": 3,
+    "mode": "multiscale",
+    "score": None,
+    "temporal_threshold": None,
+}
+"""Selection settings a wrapped processor accepts (per call, as attributes, or at construction),
+with their defaults. Values are validated by :func:`entropy_prune.select_patches`."""
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET = _Unset()
+
+
+def is_none_method(method: Any) -> bool:
+    return method is None or (isinstance(method, str) and method == "none")
+
+
+def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool) -> None:
+    """TypeError for a keyword of a call that the processor would drop or choke on: with
+    ``strict`` any keyword outside ``valid`` (the ``images_kwargs`` / ``videos_kwargs`` dicts, whose
+    stock typed-dict error names no setting), else one that is not valid but resembles a selection
+    setting (a typo the stock processor only logs, then runs with the default)."""
+    for key in kwargs:
+        close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.75)
+        if key in valid or not (strict or close):
+            continue
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"unknown setting {key!r} in {where}{hint}. Selection settings: {sorted(SETTINGS)}"
+                        + (f"; other valid keys: {sorted(valid - set(SETTINGS))}" if strict else ""))
+
+
+def keeps_all(settings: dict) -> bool:
+    """Valid ``settings`` keep every unit of every item, whatever the content."""
+    method = settings["patch_selection_method"]
+    return is_none_method(method) or (method == "budget" and float(settings["alpha"]) == 1.0)
+
+
+def check(settings: dict) -> None:
+    """Raise ValueError/TypeError now for settings the core selection would reject."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown selection setting(s) {sorted(unknown)}; valid: {sorted(SETTINGS)}")
+    keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score")
+    check_selection(*(settings[k] for k in keys))
+    tau = settings["temporal_threshold"]
+    if tau is not None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
+            raise TypeError(f"temporal_threshold must be a real number or None, got {tau!r}")
+        if not (np.isfinite(tau) and tau > 0):
+            raise ValueError(f"temporal_threshold must be a finite number > 0 (luma change in [0, 1] units), got {tau}")

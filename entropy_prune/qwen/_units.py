@@ -1,0 +1,104 @@
+"""Kept regions of resized frames -> processor rows, in torch: cutting, pooling and row layout.
+
+A kept level-k region (``b = 2^(k-1)`` units on a side) becomes ONE unit: its pixels (every
+distinct temporal frame, all channels) box-averaged by ``b`` down to one unit (level 1: the unit
+itself) and cut into its ``merge_size^2`` patch rows in the processor's layout
+[unit][mh][mw] x (C, tp, p, p).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat without the copy for a single part (one image: its rows are already new)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Tensor:
+    """Sums of (..., H, W) pixels over 2 x 2 px blocks, over whole blocks of 2 x 2 units of
+    ``unit_px``, in dtype ``wide``: pixel sums of one level -> the next coarser level's (each
+    sum covers 4x as many pixels). Strided adds: on CPU several times faster than ``avg_pool2d``."""
+    block = 2 * unit_px
+    h, w = frames.shape[-2] // block * block, frames.shape[-1] // block * block
+    pairs = frames[..., :h, :w].unflatten(-2, (h // 2, 2))
+    rows = pairs[..., 0, :].to(wide, copy=True)
+    second = pairs[..., 1, :]
+    rows += second if second.dtype in _PROMOTES else second.to(wide)  # torch adds no bool/uint16+
+    return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
+
+
+def unit_blocks(frames: torch.Tensor, r: np.ndarray, c: np.ndarray, s: int) -> torch.Tensor:
+    """(F, C, H, W) frames -> (K, F, C, s, s): the s x s px units at unit rows r, cols c (K,)."""
+    hu, wu = frames.shape[-2] // s, frames.shape[-1] // s
+    grid = frames[..., : hu * s, : wu * s].unflatten(-1, (wu, s)).unflatten(-3, (hu, s))  # (F, C, hu, s, wu, s)
+    if grid.device.type == "cpu" and grid.dtype != torch.bfloat16:  # numpy copies these short runs ~2x faster
+        # index arrays split by a slice: numpy puts their axis first, (K, F, C, s, s), and reads
+        # the unit rows in place (faster than indexing a permuted view)
+        return torch.from_numpy(grid.numpy()[..., r, :, c, :])
+    grid = grid.permute(2, 4, 0, 1, 3, 5)
+    return grid[torch.from_numpy(r).to(grid.device), torch.from_numpy(c).to(grid.device)]
+
+
+def block_rows(blocks: torch.Tensor, m: int, p: int, tp: int) -> torch.Tensor:
+    """(K, F, C, m*p, m*p) unit pixels -> (K, m, m, C, tp, p, p), the processor's row layout
+    (m*m patch rows of C*tp*p*p values per unit); F = 1 stands for tp copies (a view)."""
+    k, f, ch = blocks.shape[:3]
+    x = blocks.unflatten(-1, (m, p)).unflatten(-3, (m, p)).permute(0, 3, 5, 2, 1, 4, 6)
+    return x.expand(k, m, m, ch, tp, p, p)
+
+
+_PROMOTES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)  # added in place to wider ints
+
+
+def sum_dtype(dtype: torch.dtype, level: int) -> torch.dtype:
+    """dtype that holds sums of ``dtype`` pixels over 2^(level-1) x 2^(level-1) px blocks
+    exactly: floats and complex as they are; bool and integers the narrowest of int16, int32,
+    int64 that holds the largest sum, else float64 (exact below 2^53)."""
+    if dtype.is_floating_point or dtype.is_complex:
+        return dtype
+    top = (1 if dtype == torch.bool else torch.iinfo(dtype).max) << (2 * level - 2)
+    return next((t for t in (torch.int16, torch.int32, torch.int64) if top <= torch.iinfo(t).max), torch.float64)
+
+
+def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, normalize=None) -> torch.Tensor:
+    """Rows of one temporal patch's kept regions.
+
+    A level-k region (b = 2^(k-1) units on a side) becomes ONE unit, its pixels area-averaged
+    by b: level 2 from the image's 2 x 2 px sums, deeper levels by pooling those sums further
+    within the kept regions only.
+
+    Args:
+        frames: (F, C, H, W) pixels of the temporal patch (F = 1: tp copies, or tp).
+        regions: int (K, 3) (level, row, col) in units.
+        normalize: float (N, C, s, s) units (integer pixels converted exactly, all levels in
+            one call) -> the same in the stock rows' values and dtype (None: identity).
+    Returns:
+        (K * m*m, C*tp*p*p) rows in region order.
+    """
+    f, ch = frames.shape[:2]
+    s = m * p
+    work = frames.dtype if frames.is_floating_point() or frames.is_complex() else torch.float32
+    order = np.argsort(regions[:, 0], kind="stable")  # level by level, raster order within a level
+    units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
+    top = int(regions[:, 0].max(initial=1))
+    pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None  # 2 x 2 px sums
+    start = 0
+    for level in range(1, top + 1):
+        pick = order[start : start + int((regions[:, 0] == level).sum())]
+        r, c = regions[pick, 1] >> (level - 1), regions[pick, 2] >> (level - 1)
+        dst = units[start : start + len(pick)]
+        if level == 1:
+            dst.copy_(unit_blocks(frames, r, c, s))
+        else:
+            blocks = unit_blocks(pairs, r, c, s << (level - 2))  # (K, F, C, s*b/2, s*b/2) pair sums
+            for half in range(level - 3, -1, -1):
+                blocks = pool_sums(blocks, s << half, blocks.dtype)
+            torch.mul(blocks, 1.0 / (1 << (2 * level - 2)), out=dst)  # sums -> means
+        start += len(pick)
+    if normalize is not None:
+        units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
+    back = torch.from_numpy(np.argsort(order)).to(frames.device)  # region order
+    return block_rows(units, m, p, tp).index_select(0, back).reshape(len(regions) * m * m, ch * tp * p * p)

@@ -1,0 +1,1 @@
+"""Scripts; run each from the repository root as ``python -m scripts.<name>``."""
