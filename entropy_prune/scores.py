@@ -19,9 +19,12 @@ import numpy as np
 
 from ._image import check_image, check_int, gray, like_input
 
+__all__ = ["SCORES", "ScoreMaps", "detail_maps", "entropy_maps", "score_maps"]
+
 SCORES = ("entropy", "detail")
-MAX_BINS = 4096  # a cell's histogram holds p^2 pixels (784 for 28 px): more bins only split singletons
-ENTROPY_COUNTS = 1 << 22  # histogram counts held at once (int32, and float64 while summed)
+"""Names of the scores :func:`score_maps` computes."""
+_MAX_BINS = 4096  # a cell's histogram holds p^2 pixels (784 for 28 px): more bins only split singletons
+_ENTROPY_COUNTS = 1 << 22  # histogram counts held at once (int32, and float64 while summed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +38,14 @@ class ScoreMaps(Sequence):
         image_shape: (H, W) of the scored image in pixels.
         patch_size: base cell side in pixels.
         score: name of the score ("entropy" or "detail").
+
+    Example:
+        >>> import numpy as np
+        >>> maps = entropy_maps(np.zeros((70, 112), np.uint8))  # 3 x 4 cells of 28 px, the last row cut
+        >>> len(maps), [m.shape for m in maps], maps.image_shape, maps.score
+        (3, [(3, 4), (1, 2), (0, 1)], (70, 112), 'entropy')
+        >>> maps.partial[:, 0]  # base cells cut by the image edge
+        array([False, False,  True])
     """
 
     levels: tuple
@@ -83,10 +94,10 @@ def _luma(arr: np.ndarray, lo: float) -> np.ndarray:
     return gray(arr.astype(np.float64) - lo) if lo else gray(arr)
 
 
-BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
+_BAND_CELLS = 8  # rows of base cells per band (rounded up to whole coarsest blocks)
 
 
-def score_workers() -> int:
+def _score_workers() -> int:
     """Threads for the detail score's bands: half the cores this process may use (1 on a 2-core
     machine). The other half stay with the caller's own threads: in a processor, torch's, and on
     two cores numpy threads beside them ran slower than one."""
@@ -95,7 +106,7 @@ def score_workers() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def thread_pool(workers: int) -> ThreadPoolExecutor:
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
     """The package's shared thread pool with ``workers`` threads (per process: a forked child,
     e.g. a DataLoader worker, starts afresh instead of waiting on its parent's threads, which it
     does not have)."""
@@ -103,25 +114,25 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=thread_pool.cache_clear)
+    os.register_at_fork(after_in_child=_thread_pool.cache_clear)
 
 
 def _banded(arr: np.ndarray, fn, p: int, num_scales: int) -> list[np.ndarray]:
     """Apply ``fn`` (image -> list of maps) to horizontal bands of whole coarsest-level blocks,
     so its float64 temporaries stay cache-sized, and stack the maps; bands run in
-    :func:`score_workers` threads (most passes release the GIL; the gray ``matmul`` and
+    :func:`_score_workers` threads (most passes release the GIL; the gray ``matmul`` and
     two-operand ``einsum`` hold it). Cells never straddle a band, so the numbers are those of one
     call on the whole image."""
     block = p << (num_scales - 1)
-    band = block * -(-BAND_CELLS // (1 << (num_scales - 1)))
+    band = block * -(-_BAND_CELLS // (1 << (num_scales - 1)))
     starts = range(0, arr.shape[0], band)
     if len(starts) < 2:
         return fn(arr)
-    workers = min(score_workers(), len(starts))
+    workers = min(_score_workers(), len(starts))
     if workers < 2:
         parts = [fn(arr[y:y + band]) for y in starts]
     else:
-        parts = list(thread_pool(workers).map(lambda y: fn(arr[y:y + band]), starts))
+        parts = list(_thread_pool(workers).map(lambda y: fn(arr[y:y + band]), starts))
     return [np.concatenate([part[k] for part in parts]) for k in range(num_scales)]
 
 
@@ -170,13 +181,13 @@ def _entropy_one(arr: np.ndarray, p: int, num_scales: int, bins: int, rng: tuple
 
 def _entropy_tiled(arr: np.ndarray, p: int, num_scales: int, bins: int, rng: tuple[float, float]) -> list[np.ndarray]:
     """:func:`_entropy_one` on bands of whole rows of coarsest blocks holding at most
-    ``ENTROPY_COUNTS // bins`` cells (one row of blocks at least), so the histograms take
-    O(ENTROPY_COUNTS + W / p * 4^(num_scales - 1) * bins) memory whatever the image's height.
+    ``_ENTROPY_COUNTS // bins`` cells (one row of blocks at least), so the histograms take
+    O(_ENTROPY_COUNTS + W / p * 4^(num_scales - 1) * bins) memory whatever the image's height.
     Each band sees the same full-width pixel strips, so the maps are those of one pass."""
     h, w = arr.shape[:2]
-    rows, cols = -(-h // p), -(-w // p)
+    cols = -(-w // p)
     b = 1 << (num_scales - 1)
-    band = max(1, ENTROPY_COUNTS // bins // cols // b) * b * p
+    band = max(1, _ENTROPY_COUNTS // bins // cols // b) * b * p
     if band >= h:
         return _entropy_one(arr, p, num_scales, bins, rng)
     parts = [_entropy_one(arr[y:y + band], p, num_scales, bins, rng) for y in range(0, h, band)]
@@ -213,9 +224,19 @@ def entropy_maps(
     Returns:
         ScoreMaps: level k is (..., rows_k, cols_k) float64 in [0, log2(bins)] bits, numpy or
         torch on the input's device like the input.
+
+    Example:
+        >>> import numpy as np
+        >>> image = np.zeros((112, 112), np.uint8)  # 4 x 4 cells of 28 px
+        >>> image[:28, :28] = np.arange(28) * 9  # 28 gray levels in the top-left cell, flat elsewhere
+        >>> maps = entropy_maps(image)
+        >>> [m.shape for m in maps]
+        [(4, 4), (2, 2), (1, 1)]
+        >>> maps[0][0].round(3)  # log2(28) bits, then flat cells
+        array([4.807, 0.   , 0.   , 0.   ])
     """
     arr, p, k, rng = _check_common(image, patch_size, num_scales, channels_first, value_range)
-    b = check_int("bins", bins, 2, MAX_BINS)
+    b = check_int("bins", bins, 2, _MAX_BINS)
     maps = _batched(arr, lambda x: _entropy_tiled(x, p, k, b, rng), k)
     return ScoreMaps(tuple(like_input(m, image) for m in maps), _image_hw(arr), p, "entropy")
 
@@ -252,7 +273,7 @@ def _pool2(x: np.ndarray) -> np.ndarray:
     return pairs[:, 0::2] + pairs[:, 1::2]
 
 
-LUMA_8BIT = np.array([4899, 9617, 1868], np.float32) / np.float32(1 << 14)
+_LUMA_8BIT = np.array([4899, 9617, 1868], np.float32) / np.float32(1 << 14)
 """BT.601 weights in 14-bit fixed point (OpenCV's RGB2GRAY); exact in float32."""
 
 
@@ -260,7 +281,7 @@ def _gray_levels(arr: np.ndarray, p: int, rng: tuple[float, float]) -> np.ndarra
     """(H, W) gray of a checked image in 8-bit gray levels, for the detail score.
 
     8-bit pixels (uint8, or any integer dtype with range (0, 255)): luma rounded to an integer
-    (``LUMA_8BIT`` weights, half up), computed exactly in float32, and kept in float32 while p
+    (``_LUMA_8BIT`` weights, half up), computed exactly in float32, and kept in float32 while p
     rows of squared levels sum below 2^24 (p <= 258), so float32 row sums are exact too. Other
     images: float64 BT.601 luma, its range ``rng`` mapped to [0, 255].
     """
@@ -272,7 +293,7 @@ def _gray_levels(arr: np.ndarray, p: int, rng: tuple[float, float]) -> np.ndarra
             g *= 255.0 / (rng[1] - rng[0])
         return g
     if arr.ndim == 3 and arr.shape[-1] >= 3:
-        g = arr[..., :3].astype(np.float32) @ LUMA_8BIT  # multiples of 2^-14 below 2^8: exact
+        g = arr[..., :3].astype(np.float32) @ _LUMA_8BIT  # multiples of 2^-14 below 2^8: exact
         g += np.float32(0.5)
         np.floor(g, out=g)
     else:
@@ -341,6 +362,16 @@ def detail_maps(
 
     Returns:
         ScoreMaps: level k is (..., rows_k, cols_k) float64 >= 0 gray levels, like the input.
+
+    Example:
+        >>> import numpy as np
+        >>> image = np.zeros((112, 112), np.uint8)  # 4 x 4 cells of 28 px
+        >>> image[:28, :28] = np.arange(28) * 9  # a ramp in the top-left cell, flat elsewhere
+        >>> maps = detail_maps(image)
+        >>> maps[0][0].round(1)  # the ramp's standard deviation, then flat cells
+        array([72.7,  0. ,  0. ,  0. ])
+        >>> print(maps[1][0, 0], maps[2][0, 0])  # error added by one token per 2 x 2, then 4 x 4 cells
+        4.5 9.0
     """
     arr, p, k, rng = _check_common(image, patch_size, num_scales, channels_first, value_range)
     maps = _batched(arr, lambda x: _banded(x, lambda band: _detail_one(band, p, k, rng), p, k), k)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import images
 
 from entropy_prune import detail_maps, entropy_maps, reconstruct, scores, select_patches
-from strategies import images
 
 BT601 = np.array([0.299, 0.587, 0.114])
 
@@ -138,12 +138,12 @@ def test_detail_in_bands_and_threads_matches_one_pass(seed, workers, extra_rows)
     same in bands, one after another or in threads, as in one pass, and matches the reference."""
     img = np.random.default_rng(seed).integers(0, 256, (56 * 12 + extra_rows, 45, 3), dtype=np.uint8)
     whole = scores._detail_one(img, 7, 3, (0.0, 255.0))
-    original, scores.score_workers = scores.score_workers, lambda: workers
+    original, scores._score_workers = scores._score_workers, lambda: workers
     try:
         maps = detail_maps(img, patch_size=7, num_scales=3)
     finally:
-        scores.score_workers = original
-    for level, (got, expect) in enumerate(zip(maps, whole), 1):
+        scores._score_workers = original
+    for level, (got, expect) in enumerate(zip(maps, whole, strict=True), 1):
         np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(got, reference_detail(img, 7, level), rtol=1e-5, atol=1e-4)
 
@@ -153,7 +153,7 @@ def test_threaded_bands_work_in_a_forked_child():
     """A child forked after the band threads started (a DataLoader worker, say) scores too,
     instead of waiting forever on threads it does not have."""
     img = np.random.default_rng(0).integers(0, 256, (56 * 6, 45, 3), dtype=np.uint8)
-    original, scores.score_workers = scores.score_workers, lambda: 2
+    original, scores._score_workers = scores._score_workers, lambda: 2
     try:
         expect = detail_maps(img, patch_size=7, num_scales=3)[0]
         child = multiprocessing.get_context("fork").Process(
@@ -165,14 +165,14 @@ def test_threaded_bands_work_in_a_forked_child():
             child.kill()
         assert child.exitcode == 0
     finally:
-        scores.score_workers = original
+        scores._score_workers = original
 
 
 @given(images(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([entropy_maps, detail_maps]))
 def test_numpy_and_torch_agree(img, p, k, fn):
     a = fn(img, patch_size=p, num_scales=k)
     b = fn(torch.from_numpy(img), patch_size=p, num_scales=k)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert isinstance(x, np.ndarray) and isinstance(y, torch.Tensor)
         assert np.array_equal(x, y.numpy())
 
@@ -187,7 +187,7 @@ def test_shuffling_pixels_inside_a_cell_keeps_all_entropies(img, p, seed):
     flat = cell.reshape(-1, 3)
     shuffled = img.copy()
     shuffled[i * p:(i + 1) * p, j * p:(j + 1) * p] = flat[rng.permutation(len(flat))].reshape(cell.shape)
-    for x, y in zip(maps, entropy_maps(shuffled, patch_size=p, num_scales=3)):
+    for x, y in zip(maps, entropy_maps(shuffled, patch_size=p, num_scales=3), strict=True):
         assert np.array_equal(x, y)
 
 
@@ -196,13 +196,13 @@ def test_channels_first_and_batch_dims(img, p):
     ref = entropy_maps(img, patch_size=p, num_scales=2)
     if img.ndim == 3:
         cf = entropy_maps(np.moveaxis(img, -1, 0), patch_size=p, num_scales=2, channels_first=True)
-        for x, y in zip(ref, cf):
+        for x, y in zip(ref, cf, strict=True):
             assert np.array_equal(x, y)
     batch = np.stack([img, img[::-1]])
     batched = entropy_maps(batch, patch_size=p, num_scales=2) if img.ndim == 3 else None
     if batched is not None:
         flipped = entropy_maps(img[::-1].copy(), patch_size=p, num_scales=2)
-        for x, y, z in zip(batched, ref, flipped):
+        for x, y, z in zip(batched, ref, flipped, strict=True):
             assert x.shape == (2,) + y.shape
             assert np.array_equal(x[0], y) and np.array_equal(x[1], z)
 
@@ -239,14 +239,20 @@ def test_wide_integers_with_value_range_score_like_uint8(img, p, k, wide):
     for fn in (entropy_maps, detail_maps):
         ref = fn(img, patch_size=p, num_scales=k)
         got = fn(img.astype(wide), patch_size=p, num_scales=k, value_range=(0, 255))
-        for x, y in zip(ref, got):
+        for x, y in zip(ref, got, strict=True):
             assert np.array_equal(x, y)
     e = entropy_maps(img.astype(np.float32), patch_size=p, num_scales=k, value_range=np.array([0.0, 255.0]))
-    for x, y in zip(entropy_maps(img, patch_size=p, num_scales=k), e):
+    for x, y in zip(entropy_maps(img, patch_size=p, num_scales=k), e, strict=True):
         assert np.array_equal(x, y)
 
 
-@given(images(dtypes=("uint8",)), st.integers(1, 6), st.integers(1, 3), st.integers(-1000, 1000), st.sampled_from([1, 4, 257]))
+@given(
+    images(dtypes=("uint8",)),
+    st.integers(1, 6),
+    st.integers(1, 3),
+    st.integers(-1000, 1000),
+    st.sampled_from([1, 4, 257]),
+)
 def test_value_range_is_offset_and_scale(img, p, k, offset, step):
     """An 8-bit picture stored as offset + step * value with value_range = (offset, offset +
     255 step) scores as the 8-bit picture (a 12-bit camera frame, a depth map in mm, ...):
@@ -255,16 +261,19 @@ def test_value_range_is_offset_and_scale(img, p, k, offset, step):
     stored = offset + step * img.astype(np.int64)
     rng = (offset, offset + 255 * step)
     ref = detail_maps(img.astype(np.float64) / 255, patch_size=p, num_scales=k)
-    for x, y in zip(ref, detail_maps(stored.astype(np.float64), patch_size=p, num_scales=k, value_range=rng)):
+    got = detail_maps(stored.astype(np.float64), patch_size=p, num_scales=k, value_range=rng)
+    for x, y in zip(ref, got, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-4)
     if img.ndim == 2 or img.shape[-1] == 1:
         ref = entropy_maps(img, patch_size=p, num_scales=k)
-        for x, y in zip(ref, entropy_maps(stored, patch_size=p, num_scales=k, value_range=rng)):
+        for x, y in zip(ref, entropy_maps(stored, patch_size=p, num_scales=k, value_range=rng), strict=True):
             np.testing.assert_allclose(x, y, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "uint32", "uint64"])
-@pytest.mark.parametrize("fn", [entropy_maps, detail_maps, select_patches, None], ids=["entropy", "detail", "select", "reconstruct"])
+@pytest.mark.parametrize(
+    "fn", [entropy_maps, detail_maps, select_patches, None], ids=["entropy", "detail", "select", "reconstruct"]
+)
 def test_wide_integer_image_in_a_tiny_part_of_its_range_warns(dtype, fn):
     """8-bit pixels as int64 (the usual result of numpy arithmetic) use 1/2^55 of the range
     integer images mean: the caller gets a UserWarning telling them to pass value_range,
@@ -296,12 +305,12 @@ def test_entropy_in_bands_matches_one_pass(img, p, k, bins, limit):
     """Histograms are held for bands of whole rows of coarsest blocks (ENTROPY_COUNTS counts at
     most, one row of blocks at least): any banding gives the maps of one pass."""
     whole = entropy_maps(img, patch_size=p, num_scales=k, bins=bins)
-    original, scores.ENTROPY_COUNTS = scores.ENTROPY_COUNTS, limit
+    original, scores._ENTROPY_COUNTS = scores._ENTROPY_COUNTS, limit
     try:
         banded = entropy_maps(img, patch_size=p, num_scales=k, bins=bins)
     finally:
-        scores.ENTROPY_COUNTS = original
-    for x, y in zip(whole, banded):
+        scores._ENTROPY_COUNTS = original
+    for x, y in zip(whole, banded, strict=True):
         assert np.array_equal(x, y)
 
 
@@ -317,4 +326,5 @@ def test_most_bins_on_a_tall_image_take_bounded_memory():
     finally:
         tracemalloc.stop()
     assert peak < 80 * 2**20, f"extra peak {peak / 2**20:.0f} MiB"
-    np.testing.assert_allclose(maps[2][-1:, -2:], reference_entropy(img[-112 - 4000 % 112:, -224 - 1000 % 112:], 28, 3, 4096)[-1:, -2:], atol=1e-9)
+    corner = reference_entropy(img[-112 - 4000 % 112:, -224 - 1000 % 112:], 28, 3, 4096)
+    np.testing.assert_allclose(maps[2][-1:, -2:], corner[-1:, -2:], atol=1e-9)
