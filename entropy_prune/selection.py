@@ -9,13 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_int, is_torch, to_numpy
+from ._image import cells_to_pixels, check_int, check_real, is_torch, to_numpy
 from .scores import SCORES, ScoreMaps, score_maps
 
-METHODS = {None: "none", "none": "none", "v1": "v1", "threshold": "v1", "v2": "v2", "adaptive": "v2", "budget": "budget"}
-VALID_METHODS = sorted(k for k in METHODS if k)
+__all__ = ["METHODS", "MODES", "Selection", "check_settings", "default_score", "select_patches"]
+
+METHODS = {
+    None: "none", "none": "none", "v1": "v1", "threshold": "v1", "v2": "v2", "adaptive": "v2", "budget": "budget"
+}
+"""Method names and aliases accepted by :func:`select_patches` -> canonical name."""
 MODES = ("multiscale", "drop")
-DEFAULT_THRESHOLDS = (3.0, 2.0)
+_VALID_METHODS = sorted(k for k in METHODS if k)
+_DEFAULT_THRESHOLDS = (3.0, 2.0)
 
 
 def default_score(method: str | None) -> str:
@@ -43,6 +48,12 @@ class Selection:
             region of level k is that block.
         regions: int64 (num_tokens, 3): (level, row, col) of each region's top-left base cell,
             in raster order of (row, col).
+
+    Example:
+        >>> import numpy as np
+        >>> sel = select_patches(np.zeros((112, 112), np.uint8), "budget", alpha=0.1)  # flat: one token
+        >>> sel.num_tokens, sel.num_cells, sel.budget, sel.regions.tolist()
+        (1, 16, 2, [[3, 0, 0]])
     """
 
     method: str
@@ -62,28 +73,29 @@ class Selection:
 
 
 def _check_alpha(method: str, alpha: Any) -> float | None:
-    if method in ("none", "v1"):
-        return None
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
-        raise TypeError(f"alpha must be a real number, got {alpha!r}")
-    a = float(alpha)
-    if method == "budget" and not (0.0 < a <= 1.0):
-        raise ValueError(f"alpha for method 'budget' must be in (0, 1] (fraction of tokens kept), got {alpha}")
-    if method == "v2" and not (math.isfinite(a) and a >= 0.0):
-        raise ValueError(f"alpha for method 'v2' must be a finite number >= 0 (multiple of the mean score), got {alpha}")
-    return a
+    """alpha as a float for "budget" (in (0, 1]) and "v2" (finite, >= 0), None for the others."""
+    if method == "budget":
+        return check_real("alpha for method 'budget'", alpha, low=0, high=1, low_open=True,
+                          meaning="fraction of tokens kept")
+    if method == "v2":
+        return check_real("alpha for method 'v2'", alpha, low=0, meaning="multiple of the mean score")
+    return None
 
 
 def _check_thresholds(thresholds: Any, num_scales: int, mode: str) -> tuple[float, ...]:
     expected = num_scales - 1 if mode == "multiscale" else max(num_scales - 1, 1)
     if thresholds is None:
-        if expected > len(DEFAULT_THRESHOLDS):
-            raise ValueError(f"thresholds must be given for num_scales > {len(DEFAULT_THRESHOLDS) + 1} (one per coarse level)")
-        return DEFAULT_THRESHOLDS[:expected]
+        if expected > len(_DEFAULT_THRESHOLDS):
+            raise ValueError(
+                f"thresholds must be given for num_scales > {len(_DEFAULT_THRESHOLDS) + 1} (one per coarse level)"
+            )
+        return _DEFAULT_THRESHOLDS[:expected]
     if is_torch(thresholds) or isinstance(thresholds, np.ndarray):
         thresholds = to_numpy(thresholds)
         if thresholds.ndim != 1:
-            raise TypeError(f"thresholds must be a 1-D array or sequence of {expected} numbers, got shape {thresholds.shape}")
+            raise TypeError(
+                f"thresholds must be a 1-D array or sequence of {expected} numbers, got shape {thresholds.shape}"
+            )
         thresholds = thresholds.tolist()
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
         raise TypeError(f"thresholds must be a 1-D array or sequence of {expected} numbers, got {thresholds!r}")
@@ -92,12 +104,38 @@ def _check_thresholds(thresholds: Any, num_scales: int, mode: str) -> tuple[floa
             f"thresholds must have {expected} value(s) (one per coarse level, level 2 first) "
             f"for num_scales={num_scales}, mode={mode!r}; got {len(thresholds)}"
         )
-    out = []
-    for t in thresholds:
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t):
-            raise ValueError(f"thresholds must be finite numbers, got {thresholds!r}")
-        out.append(float(t))
-    return tuple(out)
+    try:
+        return tuple(check_real("thresholds", t) for t in thresholds)
+    except (TypeError, ValueError):  # one message for the whole sequence
+        raise ValueError(f"thresholds must be finite numbers, got {thresholds!r}") from None
+
+
+def _check_level(k: int, m: Any) -> np.ndarray:
+    """Score map of level ``k`` as float64 numpy; raises unless it is a finite real 2-D array."""
+    a = to_numpy(m)
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"score map of level {k} must be real-valued, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(
+            f"score map of level {k} must be 2-D (rows, cols) (one image at a time), got shape {a.shape}"
+        )
+    if not np.isfinite(a).all():
+        raise ValueError(f"score map of level {k} contains NaN or inf")
+    return a.astype(np.float64, copy=False)
+
+
+def _base_grid(maps: Any, rows: int, cols: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Partial-cell mask of the base grid and its count of whole cells (rows, cols): from the
+    image for a ScoreMaps, else every cell whole."""
+    if isinstance(maps, ScoreMaps):
+        partial = maps.partial
+        whole = tuple(n // maps.patch_size for n in maps.image_shape)
+    else:
+        partial = np.zeros((rows, cols), dtype=bool)
+        whole = (rows, cols)
+    if partial.shape != (rows, cols):
+        raise ValueError(f"score map of level 1 must have shape {partial.shape} for its image, got {(rows, cols)}")
+    return partial, whole
 
 
 def _check_maps(maps: Any) -> tuple[list[np.ndarray], np.ndarray]:
@@ -105,27 +143,11 @@ def _check_maps(maps: Any) -> tuple[list[np.ndarray], np.ndarray]:
     levels = list(maps.levels if isinstance(maps, ScoreMaps) else maps)
     if not levels:
         raise ValueError("score maps must hold at least one level")
-    out = []
-    for k, m in enumerate(levels, 1):
-        a = to_numpy(m)
-        if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-            raise TypeError(f"score map of level {k} must be real-valued, got dtype {a.dtype}")
-        if a.ndim != 2:
-            raise ValueError(f"score map of level {k} must be 2-D (rows, cols) (one image at a time), got shape {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"score map of level {k} contains NaN or inf")
-        out.append(a.astype(np.float64, copy=False))
+    out = [_check_level(k, m) for k, m in enumerate(levels, 1)]
     rows, cols = out[0].shape
     if rows == 0 or cols == 0:
         raise ValueError(f"score map of level 1 must not be empty, got shape {out[0].shape}")
-    if isinstance(maps, ScoreMaps):
-        partial = maps.partial
-        whole_r, whole_c = (n // maps.patch_size for n in maps.image_shape)
-    else:
-        partial = np.zeros((rows, cols), dtype=bool)
-        whole_r, whole_c = rows, cols
-    if partial.shape != (rows, cols):
-        raise ValueError(f"score map of level 1 must have shape {partial.shape} for its image, got {(rows, cols)}")
+    partial, (whole_r, whole_c) = _base_grid(maps, rows, cols)
     for k in range(2, len(out) + 1):
         expect = (whole_r >> (k - 1), whole_c >> (k - 1))
         if out[k - 1].shape != expect:
@@ -136,19 +158,11 @@ def _check_maps(maps: Any) -> tuple[list[np.ndarray], np.ndarray]:
     return out, partial
 
 
-def _upsample(blocks: np.ndarray, b: int, shape: tuple[int, int], fill: Any = 0) -> np.ndarray:
-    """(r, c) block-grid array -> base grid ``shape``; each value covers b x b cells, rest ``fill``."""
-    out = np.full(shape, fill, dtype=blocks.dtype)
-    r, c = blocks.shape
-    out[: r * b, : c * b] = np.repeat(np.repeat(blocks, b, 0), b, 1)
-    return out
-
-
 def _coarsest_tiling(maps: list[np.ndarray]) -> np.ndarray:
     """Label map of the tiling that uses the coarsest whole block around every cell."""
     label = np.ones(maps[0].shape, dtype=np.int8)
     for k in range(len(maps), 1, -1):
-        exists = _upsample(np.ones(maps[k - 1].shape, dtype=bool), 1 << (k - 1), label.shape, False)
+        exists = cells_to_pixels(np.ones(maps[k - 1].shape, dtype=bool), 1 << (k - 1), label.shape, False)
         label[exists & (label == 1)] = k
     return label
 
@@ -162,7 +176,7 @@ def _threshold_tiling(maps: list[np.ndarray], thresholds: Sequence[float], inclu
         s = maps[k - 1]
         coarse = s <= thresholds[k - 2] if inclusive else s < thresholds[k - 2]
         free = label[::b, ::b][: s.shape[0], : s.shape[1]] == 1
-        label[_upsample(coarse & free, b, label.shape, False)] = k
+        label[cells_to_pixels(coarse & free, b, label.shape, False)] = k
     return label
 
 
@@ -181,7 +195,7 @@ def _budget_tiling(maps: list[np.ndarray], budget: int) -> tuple[np.ndarray, boo
         eff = s.copy()
         if parent_eff is not None:
             pr, pc = parent_eff.shape
-            inside = np.repeat(np.repeat(parent_eff, 2, 0), 2, 1)
+            inside = cells_to_pixels(parent_eff, 2, (2 * pr, 2 * pc))
             eff[: 2 * pr, : 2 * pc] = np.minimum(eff[: 2 * pr, : 2 * pc], inside)
         parent_eff = eff
         r, c = np.indices(s.shape)
@@ -200,7 +214,7 @@ def _budget_tiling(maps: list[np.ndarray], budget: int) -> tuple[np.ndarray, boo
         split = np.zeros(maps[k - 1].shape, dtype=bool)
         pick = chosen[levels[chosen] == k]
         split[rows[pick], cols[pick]] = True
-        label[(label == k) & _upsample(split, b, label.shape, False)] = k - 1
+        label[(label == k) & cells_to_pixels(split, b, label.shape, False)] = k - 1
     return label, True
 
 
@@ -223,9 +237,9 @@ def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], **f
 def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None]:
     """Canonical method name and alpha (None where the method takes none); raises for bad ones."""
     if method is not None and not isinstance(method, str):
-        raise TypeError(f"method must be one of {VALID_METHODS} or None, got {method!r}")
+        raise TypeError(f"method must be one of {_VALID_METHODS} or None, got {method!r}")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {VALID_METHODS} or None, got {method!r}")
+        raise ValueError(f"method must be one of {_VALID_METHODS} or None, got {method!r}")
     method = METHODS[method]
     if not isinstance(mode, str):
         raise TypeError(f"mode must be one of {MODES}, got {mode!r}")
@@ -303,6 +317,22 @@ def select_patches(
 
     Returns:
         Selection: label map, per-level masks, regions and token count (numpy arrays).
+
+    Example:
+        >>> import numpy as np
+        >>> image = np.zeros((112, 112), np.uint8)  # 4 x 4 cells of 28 px
+        >>> image[:28, :28] = np.arange(28) * 9  # detail in the top-left cell only
+        >>> sel = select_patches(image, "budget", alpha=0.5)  # budget 8 of 16 tokens
+        >>> sel.num_tokens, sel.budget
+        (7, 8)
+        >>> sel.label_map  # 4 full-resolution cells, 3 tokens of 2 x 2 cells
+        array([[1, 1, 2, 2],
+               [1, 1, 2, 2],
+               [2, 2, 2, 2],
+               [2, 2, 2, 2]], dtype=int8)
+        >>> select_patches(image, "budget", alpha=0.25, mode="drop").label_map[:2]  # 4 cells, ties in raster order
+        array([[1, 1, 1, 1],
+               [0, 0, 0, 0]], dtype=int8)
     """
     method, a = _check_method(method, alpha, mode)
     if isinstance(image, (ScoreMaps, list, tuple)):
@@ -313,7 +343,9 @@ def select_patches(
         sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first,
                         value_range=value_range)
         if sm[0].ndim != 2:
-            raise ValueError(f"select_patches takes one image at a time, got a batch of shape {tuple(sm[0].shape[:-2])}")
+            raise ValueError(
+                f"select_patches takes one image at a time, got a batch of shape {tuple(sm[0].shape[:-2])}"
+            )
         maps, partial = _check_maps(sm)
     thr = _check_thresholds(thresholds, len(maps), mode) if method == "v1" else None
     num_cells = maps[0].size

@@ -5,10 +5,11 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from strategies import images, settings_for
 
 from entropy_prune import ScoreMaps, entropy_maps, select_patches
+from entropy_prune._image import cells_to_pixels
 from entropy_prune.scores import score_maps
-from strategies import images, settings_for
 
 
 def coarsest_level(maps, i, j):
@@ -19,8 +20,8 @@ def coarsest_level(maps, i, j):
 
 def coarsest_count(maps):
     rows, cols = maps[0].shape
-    return sum(1 for i in range(rows) for j in range(cols)
-               if (i % (1 << (coarsest_level(maps, i, j) - 1)) == 0 and j % (1 << (coarsest_level(maps, i, j) - 1)) == 0))
+    sides = [[1 << (coarsest_level(maps, i, j) - 1) for j in range(cols)] for i in range(rows)]
+    return sum(1 for i in range(rows) for j in range(cols) if i % sides[i][j] == 0 and j % sides[i][j] == 0)
 
 
 def check_consistent(sel, maps):
@@ -40,7 +41,7 @@ def check_consistent(sel, maps):
     for k, m in enumerate(sel.masks, 1):
         assert m.shape == maps[k - 1].shape and m.dtype == bool
         b = 1 << (k - 1)
-        for r, c in zip(*np.nonzero(m)):
+        for r, c in zip(*np.nonzero(m), strict=True):
             from_masks[r * b:(r + 1) * b, c * b:(c + 1) * b] = k
     assert np.array_equal(from_masks, sel.label_map)
     assert sel.num_tokens == len(sel.regions) == sum(int(m.sum()) for m in sel.masks)
@@ -82,7 +83,8 @@ def test_budget_bounds(img, p, k, score, alpha):
     else:
         assert not sel.budget_met
         assert sel.num_tokens == floor
-        assert np.array_equal(sel.label_map, select_patches(img, "v1", thresholds=[1e9] * (k - 1), patch_size=p, num_scales=k).label_map)
+        coarsest = select_patches(img, "v1", thresholds=[1e9] * (k - 1), patch_size=p, num_scales=k)
+        assert np.array_equal(sel.label_map, coarsest.label_map)
     drop = select_patches(img, "budget", alpha, patch_size=p, num_scales=k, score=score, mode="drop")
     assert drop.num_tokens == drop.budget == sel.budget
 
@@ -209,3 +211,25 @@ def test_thresholds_as_list_tuple_or_array_select_the_same(img, k, mode, data):
     whole = [round(t) for t in thr]
     assert np.array_equal(select_patches(img, "v1", thresholds=np.array(whole), num_scales=k, mode=mode).label_map,
                           select_patches(img, "v1", thresholds=whole, num_scales=k, mode=mode).label_map)
+
+
+@given(st.integers(0, 6), st.integers(0, 6), st.integers(1, 5), st.integers(0, 30), st.integers(0, 30),
+       st.integers(0, 2**32 - 1))
+def test_cells_to_pixels_repeats_each_cell_and_fills_past_the_grid(rows, cols, p, h, w, seed):
+    """The one label-map-to-pixel-mask helper: each cell covers p x p pixels from the top-left,
+    pixels past the grid get the fill (whole-block grids), trailing axes ride along."""
+    cells = np.random.default_rng(seed).integers(1, 9, (rows, cols, 2))
+    expect = np.zeros((max(h, rows * p), max(w, cols * p), 2), cells.dtype)
+    expect[: rows * p, : cols * p] = np.repeat(np.repeat(cells, p, 0), p, 1)
+    got = cells_to_pixels(cells, p, (h, w))
+    assert got.dtype == cells.dtype and np.array_equal(got, expect[:h, :w])
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40), st.integers(1, 7))
+def test_cells_to_pixels_of_a_scaled_picture(h, w, h2, w2, p):
+    """With ``source``: the cell under each pixel of the (H, W) image shown at (h2, w2) px."""
+    cells = np.arange(-(-h // p) * -(-w // p)).reshape(-(-h // p), -(-w // p))
+    got = cells_to_pixels(cells, p, (h2, w2), source=(h, w))
+    for y in range(h2):
+        for x in range(w2):
+            assert got[y, x] == cells[(y * h // h2) // p, (x * w // w2) // p]
