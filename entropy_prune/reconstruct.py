@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ._image import check_image, check_int, is_torch, like_input
+from ._image import cells_to_pixels, check_image, check_int, check_real, is_torch, like_input
 from .selection import Selection
+
+__all__ = ["reconstruct"]
 
 
 def _bilinear_taps(p: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -18,16 +20,16 @@ def _bilinear_taps(p: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lo, np.minimum(lo + 1, p - 1), c - lo
 
 
-CHUNK = 1 << 18  # values per chunk of coarse regions: float64 temporaries of ~2 MB each
+_CHUNK = 1 << 18  # values per chunk of coarse regions: float64 temporaries of ~2 MB each
 
 
 def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, f: int, integer: bool) -> None:
     """Write the level-k regions kept in ``mask`` (bool (rk, ck), f = 2^(k-1)) of ``src`` into
     ``out`` (both (H, W, C)), a chunk of one row of regions at a time, so the float64
-    temporaries stay O(CHUNK) whatever the image size."""
+    temporaries stay O(_CHUNK) whatever the image size."""
     s, c = p * f, src.shape[-1]
     rk, ck = mask.shape
-    per_chunk = max(1, CHUNK // (s * s * c))
+    per_chunk = max(1, _CHUNK // (s * s * c))
     lo, hi, t = _bilinear_taps(p, f)
     row_t = t[:, None]
     # columns: gather (pixel, channel) pairs of the flattened last two axes
@@ -69,9 +71,9 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
     That p x p token image is brought back to the region's size by bilinear interpolation
     inside the region (pixel centres aligned, edges clamped to the region, so no region borrows
     from its neighbours). Dropped cells are filled with lo + ``fill`` x (hi - lo) of the
-    image's range (mid-gray by default, the neutral value). Integer dtypes are rounded to the nearest integer. Works on
-    chunks of a row of regions: extra memory is the output plus ~10 MB of float64 temporaries
-    whatever the image size.
+    image's range (mid-gray by default, the neutral value). Integer dtypes are rounded to the
+    nearest integer. Works on chunks of a row of regions: extra memory is the output plus ~10 MB
+    of float64 temporaries whatever the image size.
 
     Args:
         image: (H, W) or (H, W, C) (or (C, H, W) with ``channels_first``), numpy or torch.
@@ -84,20 +86,34 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
     Returns:
         Same shape, dtype (bfloat16 included) and array type (torch: on the image's device)
         as ``image``; values stay in its range.
+
+    Example:
+        >>> import numpy as np
+        >>> from entropy_prune import select_patches
+        >>> image = np.tile(np.arange(0, 224, 2, dtype=np.uint8), (112, 1))  # a ramp, 4 x 4 cells of 28 px
+        >>> sel = select_patches(image, "budget", alpha=0.1)  # all of it as one token
+        >>> sel.regions.tolist()
+        [[3, 0, 0]]
+        >>> out = reconstruct(image, sel)
+        >>> image[0, :6], out[0, :6]  # 4 x 4 px averages, brought back bilinearly
+        (array([ 0,  2,  4,  6,  8, 10], dtype=uint8), array([ 3,  3,  4,  6,  8, 10], dtype=uint8))
+        >>> dropped = reconstruct(image, select_patches(image, "budget", alpha=0.25, mode="drop"))
+        >>> dropped[100, :3]  # dropped cells are mid-gray
+        array([128, 128, 128], dtype=uint8)
     """
     arr, (lo, hi) = check_image(image, channels_first, value_range)
     p = check_int("patch_size", patch_size, 1)
     if not isinstance(selection, Selection):
         raise TypeError(f"selection must be a Selection, got {type(selection).__name__}")
-    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not 0.0 <= fill <= 1.0:
-        raise ValueError(f"fill must be a number in [0, 1], got {fill!r}")
+    fill = check_real("fill", fill, low=0, high=1)
     if arr.ndim > 3:
         raise ValueError(f"reconstruct takes one image at a time, got shape {arr.shape}")
     h, w = arr.shape[:2]
     grid = (-(-h // p), -(-w // p))
     if selection.label_map.shape != grid:
         raise ValueError(
-            f"selection grid {selection.label_map.shape} does not match a {h}x{w} image with patch_size={p} (expected {grid})"
+            f"selection grid {selection.label_map.shape} does not match a {h}x{w} image with patch_size={p} "
+            f"(expected {grid})"
         )
     src = arr.reshape(h, w, -1)
     out = src.copy(order="C")
@@ -106,8 +122,10 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
         _coarse_regions(src, out, mask, p, 1 << (k - 1), integer)
     fill_value = lo + fill * (hi - lo)
     fill_value = np.rint(fill_value) if integer else fill_value
-    for r in np.flatnonzero((selection.label_map == 0).any(1)):  # one row of cells at a time
-        out[r * p:(r + 1) * p, np.repeat(selection.label_map[r] == 0, p)[:w]] = fill_value
+    dropped = selection.label_map == 0
+    for r in np.flatnonzero(dropped.any(1)):  # one row of cells at a time
+        strip = out[r * p:(r + 1) * p]
+        strip[cells_to_pixels(dropped[r:r + 1], p, strip.shape[:2])] = fill_value
     out = out if arr.ndim == 3 else out[..., 0]
     if channels_first:
         out = np.moveaxis(out, -1, 0)

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from entropy_prune import detail_maps, entropy_maps, reconstruct, select_patches
+from entropy_prune._image import check_real
 
 IMG = np.zeros((56, 56, 3), np.uint8)
 
@@ -151,7 +152,8 @@ def test_unknown_method_lists_valid_ones(method):
 
 @pytest.mark.parametrize("method", [["budget"], ("v1",), {"budget": 1}, 1, 0.3, b"budget", np.array(["budget"])])
 def test_non_string_method_lists_valid_ones(method):
-    with pytest.raises(TypeError, match=r"method must be one of \['adaptive', 'budget', 'none', 'threshold', 'v1', 'v2'\] or None, got"):
+    valid = r"\['adaptive', 'budget', 'none', 'threshold', 'v1', 'v2'\]"
+    with pytest.raises(TypeError, match=rf"method must be one of {valid} or None, got"):
         select_patches(IMG, method)
 
 
@@ -189,3 +191,60 @@ def test_channels_first_needs_a_channel_axis():
         entropy_maps(np.zeros((8, 8)), channels_first=True)
     with pytest.raises(TypeError, match="channels_first"):
         entropy_maps(IMG, channels_first="yes")
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.5, np.float32(0.25), np.float64(1.0), np.int64(1), np.uint8(0)])
+def test_check_real_returns_a_float(value):
+    got = check_real("x", value, low=0, high=1)
+    assert type(got) is float and got == float(value)
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(True), "0.5", None, [0.5], np.array(0.5), 1j])
+def test_check_real_rejects_non_reals_with_a_type_error(value):
+    with pytest.raises(TypeError, match=r"^x must be a real number, got "):
+        check_real("x", value)
+
+
+@pytest.mark.parametrize(
+    "value, bounds, allowed",
+    [
+        (0, dict(low=0, high=1, low_open=True), "in (0, 1]"),
+        (1, dict(low=0, high=1, high_open=True), "in [0, 1)"),
+        (-0.5, dict(low=0, high=1), "in [0, 1]"),
+        (float("nan"), dict(low=0, high=1), "in [0, 1]"),
+        (float("inf"), dict(low=0), "a finite number >= 0"),
+        (0, dict(low=0, low_open=True), "a finite number > 0"),
+        (2, dict(high=1), "a finite number <= 1"),
+        (-float("inf"), {}, "a finite number"),
+        (-1, dict(low=0, finite=False), "a number >= 0"),
+        (10**400, dict(low=0, high=1), "in [0, 1]"),  # beyond float's range: out of range, not OverflowError
+    ],
+)
+def test_check_real_names_the_argument_and_the_range(value, bounds, allowed):
+    with pytest.raises(ValueError) as info:
+        check_real("x", value, **bounds)
+    assert str(info.value) == f"x must be {allowed}, got {value}"
+
+
+def test_check_real_bounds_and_meaning():
+    assert check_real("x", float("inf"), low=0, finite=False) == float("inf")
+    assert np.isnan(check_real("x", float("nan"), finite=False))
+    assert check_real("x", 0, low=0) == 0.0 and check_real("x", 1, high=1) == 1.0
+    with pytest.raises(ValueError, match=r"^x must be a finite number >= 0 \(a meaning\), got -1$"):
+        check_real("x", -1, low=0, meaning="a meaning")
+
+
+@pytest.mark.parametrize("fill", [np.float32(0.25), np.float64(0.5), np.int64(1), 0, 1.0])
+def test_fill_takes_any_real_number_in_0_1(fill):
+    img = np.zeros((56, 56), np.uint8)
+    sel = select_patches(img, "budget", 0.25, mode="drop")
+    out = reconstruct(img, sel, fill=fill)
+    assert out[-1, -1] == round(255 * float(fill))
+
+
+@pytest.mark.parametrize("fill, error", [(True, TypeError), ("0.5", TypeError), (None, TypeError),
+                                         (float("nan"), ValueError), (-0.1, ValueError), (1.5, ValueError)])
+def test_bad_fill(fill, error):
+    sel = select_patches(IMG, "none")
+    with pytest.raises(error, match=r"^fill must be"):
+        reconstruct(IMG, sel, fill=fill)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import images, settings_for
 
 from entropy_prune import reconstruct, select_patches
-from strategies import images, settings_for
 
 reconstruct_module = importlib.import_module("entropy_prune.reconstruct")  # the name is the function
 
@@ -81,7 +81,8 @@ def test_coarse_regions_keep_their_block_means(img, p, k, alpha):
         token = src.reshape(p, f, p, f, 3).mean((1, 3))
         assert got.min() >= token.min() - 1e-12 and got.max() <= token.max() + 1e-12
         if f == 2 and p >= 2:  # interior pixels sit 1/4 and 3/4 between token pixel centres
-            np.testing.assert_allclose(got[1, 1], (9 * token[0, 0] + 3 * token[0, 1] + 3 * token[1, 0] + token[1, 1]) / 16)
+            blend = (9 * token[0, 0] + 3 * token[0, 1] + 3 * token[1, 0] + token[1, 1]) / 16
+            np.testing.assert_allclose(got[1, 1], blend)
         if p == 1:
             np.testing.assert_allclose(got, np.broadcast_to(token, got.shape), atol=1e-12)
 
@@ -133,20 +134,23 @@ def test_matches_the_whole_image_reference(img, data, fill):
 
 @given(st.integers(1, 3), st.integers(2, 8), st.integers(2, 4), st.sampled_from([1, 3]), st.integers(0, 2**32 - 1))
 def test_regions_wider_than_a_chunk_match_the_reference(rows, p, k, c, seed):
-    """Rows of regions are done in chunks of at most CHUNK values; tiny chunks (one region each)
+    """Rows of regions are done in chunks of at most _CHUNK values; tiny chunks (one region each)
     give the same pixels."""
-    img = np.random.default_rng(seed).integers(0, 2**16, (rows * (p << (k - 1)) + 3, 5 * (p << (k - 1)) + 2, c), np.uint16)
+    side = p << (k - 1)
+    img = np.random.default_rng(seed).integers(0, 2**16, (rows * side + 3, 5 * side + 2, c), np.uint16)
     sel = select_patches(img, "v1", thresholds=[8.0] * (k - 1), patch_size=p, num_scales=k)
-    original, reconstruct_module.CHUNK = reconstruct_module.CHUNK, 1
+    original, reconstruct_module._CHUNK = reconstruct_module._CHUNK, 1
     try:
         out = reconstruct(img, sel, p)
     finally:
-        reconstruct_module.CHUNK = original
+        reconstruct_module._CHUNK = original
     assert_matches_reference(out, img, sel, p)
     assert_matches_reference(reconstruct(img / 65535.0, sel, p), img / 65535.0, sel, p)
 
 
-NUMPY_DTYPES = ["uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "longdouble"]
+NUMPY_DTYPES = [
+    "uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "longdouble"
+]
 TORCH_DTYPES = [torch.uint8, torch.uint16, torch.int16, torch.int32, torch.int64,
                 torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
