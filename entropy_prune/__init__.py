@@ -5,8 +5,8 @@ Public API: :func:`entropy_maps`, :func:`detail_maps`, :func:`select_patches`,
 (``entropy_prune.qwen``) and are the only code that imports ``transformers``.
 """
 
-from .scores import ScoreMaps, detail_maps, entropy_maps
 from .reconstruct import reconstruct
+from .scores import ScoreMaps, detail_maps, entropy_maps
 from .selection import Selection, select_patches
 
 __all__ = ["ScoreMaps", "Selection", "detail_maps", "entropy_maps", "reconstruct", "select_patches"]

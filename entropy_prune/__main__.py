@@ -16,17 +16,19 @@ from .scores import SCORES, score_maps
 from .selection import METHODS, MODES, check_settings, default_score, select_patches
 from .visualize import MAX_SIDE, render_selection
 
-SWEEP = [("none", None), ("v1", None), ("v2", 0.5), ("v2", 1.0), ("v2", 1.5),
+__all__ = ["main"]
+
+_SWEEP = [("none", None), ("v1", None), ("v2", 0.5), ("v2", 1.0), ("v2", 1.5),
          ("budget", 0.1), ("budget", 0.2), ("budget", 0.3), ("budget", 0.5), ("budget", 1.0)]
 
 
-def default_image() -> np.ndarray:
+def _default_image() -> np.ndarray:
     """The bundled 448 x 448 photograph (NASA astronaut portrait, public domain) as uint8 (H, W, 3)."""
     with resources.files("entropy_prune").joinpath("data/astronaut.jpg").open("rb") as f:
         return np.asarray(Image.open(f).convert("RGB"))
 
 
-def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+def _load_image(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, str]:
     """Read an image file as (pixels, value_range, description of the range).
 
     8-bit modes become uint8 RGB on [0, 255] (value_range None, description ""); 16-bit gray
@@ -60,7 +62,7 @@ def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, str]
     return arr, None, ""
 
 
-def check_out(out: Path) -> None:
+def _check_out(out: Path) -> None:
     """Raise ValueError now, before any output, if ``out`` cannot be the PNG written at the end."""
     if out.suffix.lower() != ".png":
         raise ValueError(f"must name a .png file, got '{out}'")
@@ -75,7 +77,7 @@ def check_out(out: Path) -> None:
         raise ValueError(f"'{out}' is not writable")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entropy-prune", description=__doc__)
     parser.add_argument("--image", type=Path,
                         help="image file (default: the bundled photograph); 16-bit, 32-bit and float gray images "
@@ -90,26 +92,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("selection.png"),
                         help="PNG to write: the image with the kept regions outlined, a heatmap of the score and a "
                              f"legend, scaled down to at most {MAX_SIDE} px on its long side (default: selection.png)")
-    args = parser.parse_args(argv)
+    return parser
 
-    def fail(argument: str, message: Any) -> NoReturn:  # one line on stderr, exit code 2, before any output
-        parser.exit(2, f"{parser.prog}: error: argument {argument}: {message}\n")
 
-    method = METHODS[args.method]
+def _fail(parser: argparse.ArgumentParser, argument: str, message: Any) -> NoReturn:
+    """One line on stderr and exit code 2, before any output."""
+    parser.exit(2, f"{parser.prog}: error: argument {argument}: {message}\n")
+
+
+def _checked_input(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[np.ndarray, Any, str]:
+    """Check every argument before any output; return the image, its value_range and its description."""
     if args.patch_size < 1:
-        fail("--patch-size", f"must be an integer >= 1, got {args.patch_size}")
+        _fail(parser, "--patch-size", f"must be an integer >= 1, got {args.patch_size}")
     try:
         check_settings(args.method, args.alpha, None, 3, args.mode, args.score)
     except ValueError as e:
-        fail("--alpha", e)
+        _fail(parser, "--alpha", e)
     try:
-        check_out(args.out)
+        _check_out(args.out)
     except ValueError as e:
-        fail("--out", e)
+        _fail(parser, "--out", e)
     try:
-        image, value_range, described = load_image(args.image) if args.image else (default_image(), None, "")
+        return _load_image(args.image) if args.image else (_default_image(), None, "")
     except ValueError as e:
-        fail("--image", e)
+        _fail(parser, "--image", e)
+
+
+def _settings_used(method: str, args: argparse.Namespace, sel: Any) -> str:
+    """The settings ``method`` uses, as echoed after its name: alpha, or v1's threshold(s)."""
+    if method in ("budget", "v2"):
+        return f" alpha={args.alpha:g}"
+    if method == "v1" and args.mode == "multiscale":
+        return f" thresholds={sel.threshold[0]:g},{sel.threshold[1]:g}"
+    if method == "v1":  # drop mode uses the first threshold only
+        return f" threshold={sel.threshold[0]:g}"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    method = METHODS[args.method]
+    image, value_range, described = _checked_input(parser, args)
     h, w = image.shape[:2]
     cache: dict = {}
 
@@ -121,19 +145,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, mode {args.mode}")
     print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}")
-    for name, alpha in SWEEP:
+    for name, alpha in _SWEEP:
         score, maps = maps_for(name)
         sel = select_patches(maps, name, alpha if alpha is not None else 0.3, mode=args.mode)
         shown = "-" if alpha is None else f"{alpha:g}"
-        print(f"{name:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {sel.num_tokens / sel.num_cells:>6.1%}")
+        kept = sel.num_tokens / sel.num_cells
+        print(f"{name:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {kept:>6.1%}")
     score, maps = maps_for(method)
     sel = select_patches(maps, method, args.alpha, mode=args.mode)
-    used = f" alpha={args.alpha:g}" if method in ("budget", "v2") else ""
-    if method == "v1":  # drop mode uses the first threshold only
-        used = f" thresholds={sel.threshold[0]:g},{sel.threshold[1]:g}" if args.mode == "multiscale" else f" threshold={sel.threshold[0]:g}"
+    used = _settings_used(method, args, sel)
     setting = f"{args.method}{used} score={score}: {sel.num_tokens} of {sel.num_cells} tokens"
-    picture = render_selection(image, sel, maps, args.patch_size, title=f"{setting} ({sel.num_tokens / sel.num_cells:.1%})",
-                               value_range=value_range)
+    picture = render_selection(image, sel, maps, args.patch_size,
+                               title=f"{setting} ({sel.num_tokens / sel.num_cells:.1%})", value_range=value_range)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(args.out)
     print(f"{setting} -> wrote {args.out}")

@@ -8,23 +8,26 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
-from ._image import check_image, check_int, to_numpy
+from ._image import cells_to_pixels, check_image, check_int, to_numpy
 from .scores import ScoreMaps
 from .selection import Selection
 
-# Outline colour of a region by level (1, 2, 3, 4+), RGB; each outline is lined inside with DARK,
+__all__ = ["MAX_SIDE", "render_selection"]
+
+# Outline colour of a region by level (1, 2, 3, 4+), RGB; each outline is lined inside with _DARK,
 # so it shows on light and on dark pictures.
-LEVEL_COLOURS = np.array([(255, 255, 255), (255, 200, 0), (255, 60, 60), (180, 80, 255)], np.uint8)
-LEVEL_NAMES = ("white", "yellow", "red", "purple")
-DARK = np.array((0, 0, 0), np.uint8)
+_LEVEL_COLOURS = np.array([(255, 255, 255), (255, 200, 0), (255, 60, 60), (180, 80, 255)], np.uint8)
+_DARK = np.array((0, 0, 0), np.uint8)
 # Anchors of a dark-blue -> yellow heatmap (viridis-like), RGB.
 _HEAT = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
-UNITS = {"entropy": "bits", "detail": "gray levels"}
-GAP = 8  # px between the panels, and around the legend
+_UNITS = {"entropy": "bits", "detail": "gray levels"}
+_GAP = 8  # px between the panels, and around the legend
 MAX_SIDE = 4096  # default bound on the picture's long side, px
 
 
-def to_rgb8(image: Any, channels_first: bool = False, value_range: tuple[float, float] | None = None) -> np.ndarray:
+def _to_rgb8(
+    image: Any, channels_first: bool = False, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """(H, W[, C]) image in any supported dtype -> uint8 (H, W, 3), its range mapped to [0, 255]
     (converted 256 rows at a time, so temporaries stay small)."""
     arr, (lo, hi) = check_image(image, channels_first, value_range)
@@ -42,7 +45,7 @@ def to_rgb8(image: Any, channels_first: bool = False, value_range: tuple[float, 
     return out
 
 
-def heatmap(values: np.ndarray) -> np.ndarray:
+def _heatmap(values: np.ndarray) -> np.ndarray:
     """(rows, cols) scores -> uint8 (rows, cols, 3), min..max mapped dark blue..yellow."""
     v = np.asarray(values, np.float64)
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
@@ -59,12 +62,25 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _outline(pic: np.ndarray, y0: int, x0: int, y1: int, x1: int, colour: np.ndarray) -> None:
-    """Rectangle [y0, y1] x [x0, x1] (inclusive) in ``colour``, lined inside with DARK when room."""
+    """Rectangle [y0, y1] x [x0, x1] (inclusive) in ``colour``, lined inside with _DARK when room."""
     pic[y0, x0:x1 + 1] = pic[y1, x0:x1 + 1] = colour
     pic[y0:y1 + 1, x0] = pic[y0:y1 + 1, x1] = colour
     if y1 - y0 >= 4 and x1 - x0 >= 4:
-        pic[y0 + 1, x0 + 1:x1] = pic[y1 - 1, x0 + 1:x1] = DARK
-        pic[y0 + 1:y1, x0 + 1] = pic[y0 + 1:y1, x1 - 1] = DARK
+        pic[y0 + 1, x0 + 1:x1] = pic[y1 - 1, x0 + 1:x1] = _DARK
+        pic[y0 + 1:y1, x0 + 1] = pic[y0 + 1:y1, x1 - 1] = _DARK
+
+
+def _legend_entries(selection: Selection, p: int) -> list[tuple[np.ndarray | None, str]]:
+    """(outline colour, text) per region size of the legend, then (None, text) for dropped cells
+    in drop mode."""
+    entries = []
+    for k, mask in enumerate(selection.masks, 1):
+        size = "cells (full resolution)" if k == 1 else f"blocks of {1 << (k - 1)}x{1 << (k - 1)} cells"
+        colour = _LEVEL_COLOURS[min(k, len(_LEVEL_COLOURS)) - 1]
+        entries.append((colour, f"{p << (k - 1)} px {size}: {int(mask.sum())} tokens"))
+    if selection.mode == "drop":
+        entries.append((None, f"dropped (dimmed): {int((selection.label_map == 0).sum())} cells"))
+    return entries
 
 
 def render_selection(
@@ -107,7 +123,7 @@ def render_selection(
         score_name = scores.score if score_name is None else score_name
         scores = scores[0]
     level1 = np.asarray(to_numpy(scores), np.float64)
-    rgb = to_rgb8(image, value_range=value_range)
+    rgb = _to_rgb8(image, value_range=value_range)
     h, w = rgb.shape[:2]
     rows, cols = selection.label_map.shape
     if (rows, cols) != (-(-h // p), -(-w // p)):
@@ -117,51 +133,39 @@ def render_selection(
 
     font = _font(14)
     line = font.getbbox("Ag")[3] + 6
-    levels = len(selection.masks)
-    counts = [int(m.sum()) for m in selection.masks]
-    dropped = int((selection.label_map == 0).sum())
-    entries = [
-        (LEVEL_COLOURS[min(k, len(LEVEL_COLOURS)) - 1],
-         f"{p << (k - 1)} px {'cells (full resolution)' if k == 1 else f'blocks of {1 << (k - 1)}x{1 << (k - 1)} cells'}: "
-         f"{counts[k - 1]} tokens")
-        for k in range(1, levels + 1)
-    ]
-    if selection.mode == "drop":
-        entries.append((None, f"dropped (dimmed): {dropped} cells"))
+    entries = _legend_entries(selection, p)
     title = title or (f"{selection.method} {selection.mode}: {selection.num_tokens} of {selection.num_cells} tokens "
                       f"({selection.num_tokens / selection.num_cells:.1%})")
     name = score_name or "score"
-    bar_label = f"{name} ({UNITS[name]})" if name in UNITS else name
+    bar_label = f"{name} ({_UNITS[name]})" if name in _UNITS else name
     bar_label += f" of each {p} px cell"
-    left_w = GAP + 24 + max(int(font.getlength(text)) for _, text in entries)
-    right_w = max(240, int(font.getlength(bar_label)) + GAP)
-    legend_h = GAP + line + max(len(entries), 3) * line + GAP
+    left_w = _GAP + 24 + max(int(font.getlength(text)) for _, text in entries)
+    right_w = max(240, int(font.getlength(bar_label)) + _GAP)
+    legend_h = _GAP + line + max(len(entries), 3) * line + _GAP
 
-    scale = min(1.0, (max_side - GAP) / (2 * w), (max_side - legend_h) / h)
+    scale = min(1.0, (max_side - _GAP) / (2 * w), (max_side - legend_h) / h)
     h2, w2 = max(1, int(h * scale)), max(1, int(w * scale))
-    width = max(2 * w2 + GAP, left_w + GAP + right_w, int(font.getlength(title)) + 2 * GAP)
+    width = max(2 * w2 + _GAP, left_w + _GAP + right_w, int(font.getlength(title)) + 2 * _GAP)
     pic = np.full((h2 + legend_h, width, 3), 255, np.uint8)
 
     # Left: the image (scaled), dropped cells dimmed, kept regions outlined by level.
     left = rgb if (h2, w2) == (h, w) else np.array(Image.fromarray(rgb).resize((w2, h2), Image.Resampling.BOX))
-    cy = (np.arange(h2) * h // h2) // p  # base cell row of each picture row
-    cx = (np.arange(w2) * w // w2) // p
-    left[(selection.label_map == 0)[cy[:, None], cx[None, :]]] //= 4
+    left[cells_to_pixels(selection.label_map == 0, p, (h2, w2), source=(h, w))] //= 4
     for level, r, c in selection.regions:  # image px [r p, r p + s) -> picture rows [y0, y1]
         s = p << (level - 1)
         y0, x0 = min(r * p * h2 // h, h2 - 1), min(c * p * w2 // w, w2 - 1)
         y1 = min(max(y0, min(r * p + s, h) * h2 // h - 1), h2 - 1)
         x1 = min(max(x0, min(c * p + s, w) * w2 // w - 1), w2 - 1)
-        _outline(left, y0, x0, y1, x1, LEVEL_COLOURS[min(level, len(LEVEL_COLOURS)) - 1])
+        _outline(left, y0, x0, y1, x1, _LEVEL_COLOURS[min(level, len(_LEVEL_COLOURS)) - 1])
     pic[:h2, :w2] = left
     # Right: one heatmap colour per base cell.
-    pic[:h2, w2 + GAP:2 * w2 + GAP] = heatmap(level1)[cy[:, None], cx[None, :]]
+    pic[:h2, w2 + _GAP:2 * w2 + _GAP] = cells_to_pixels(_heatmap(level1), p, (h2, w2), source=(h, w))
 
     # Legend: title; region sizes (left); colour bar with its scale (right).
     canvas = Image.fromarray(pic)
     draw = ImageDraw.Draw(canvas)
-    y = h2 + GAP
-    draw.text((GAP, y), title, fill=(0, 0, 0), font=font)
+    y = h2 + _GAP
+    draw.text((_GAP, y), title, fill=(0, 0, 0), font=font)
     y += line
     swatch = np.full((line - 4, 18, 3), 255, np.uint8)
     for i, (colour, text) in enumerate(entries):
@@ -171,12 +175,12 @@ def render_selection(
         else:
             box[...] = 128
             _outline(box, 0, 0, box.shape[0] - 1, box.shape[1] - 1, colour)
-        canvas.paste(Image.fromarray(box), (GAP, y + i * line))
-        draw.text((GAP + 24, y + i * line), text, fill=(0, 0, 0), font=font)
-    bx = max(w2 + GAP, left_w + GAP)
-    bw = width - bx - GAP
+        canvas.paste(Image.fromarray(box), (_GAP, y + i * line))
+        draw.text((_GAP + 24, y + i * line), text, fill=(0, 0, 0), font=font)
+    bx = max(w2 + _GAP, left_w + _GAP)
+    bw = width - bx - _GAP
     draw.text((bx, y), bar_label, fill=(0, 0, 0), font=font)
-    ramp = heatmap(np.linspace(0.0, 1.0, bw)[None, :])
+    ramp = _heatmap(np.linspace(0.0, 1.0, bw)[None, :])
     canvas.paste(Image.fromarray(np.repeat(ramp, line - 4, 0)), (bx, y + line))
     lo, hi = float(level1.min()), float(level1.max())
     for frac in (0.0, 0.5, 1.0):  # ticks: min, middle, max, aligned left, centred, right

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from entropy_prune import entropy_maps, select_patches
-from entropy_prune.__main__ import default_image, main
+from entropy_prune.__main__ import _default_image, main
 from entropy_prune.visualize import render_selection
 
 
@@ -36,7 +36,7 @@ def test_main_job_prints_table_and_writes_png(tmp_path, capsys):
 
 def test_main_job_options(tmp_path):
     src = tmp_path / "in.png"
-    Image.fromarray(default_image()[:100, :150]).save(src)
+    Image.fromarray(_default_image()[:100, :150]).save(src)
     out = tmp_path / "o.png"
     cmd = [sys.executable, "-m", "entropy_prune", "--image", str(src), "--method", "v2", "--alpha", "1.2",
            "--mode", "drop", "--score", "detail", "--out", str(out)]
@@ -66,7 +66,7 @@ def test_high_bit_depth_images_are_scored_on_their_range(tmp_path, capsys, mode,
     """A 16-bit PNG was converted to 8-bit RGB by clipping at 255 (99.6% of a photograph went
     white). Now 16-bit gray is scored on [0, 65535], 32-bit integer and float gray on their
     min..max: the bundled photograph's gray in any of them gives the 8-bit gray's table."""
-    gray8 = np.asarray(Image.fromarray(default_image()).convert("L"))
+    gray8 = np.asarray(Image.fromarray(_default_image()).convert("L"))
     Image.fromarray(gray8).save(tmp_path / "gray8.png")
     stored = {"I;16": gray8.astype(np.uint16) * 257, "I": gray8.astype(np.int32) * 1000 - 7,
               "F": gray8.astype(np.float32) / 7}[mode]
@@ -110,7 +110,7 @@ _ENCODED = {}
 def encoded(fmt):
     if fmt not in _ENCODED:
         buf = io.BytesIO()
-        Image.fromarray(default_image()[:64, :80]).save(buf, fmt)
+        Image.fromarray(_default_image()[:64, :80]).save(buf, fmt)
         _ENCODED[fmt] = buf.getvalue()
     return _ENCODED[fmt]
 

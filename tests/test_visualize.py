@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from entropy_prune import detail_maps, entropy_maps, select_patches
-from entropy_prune.visualize import _HEAT, GAP, LEVEL_COLOURS, heatmap, render_selection, to_rgb8
+from entropy_prune.visualize import _GAP, _HEAT, _LEVEL_COLOURS, _heatmap, _to_rgb8, render_selection
 
 
 @given(st.integers(0, 255), st.integers(1, 4), st.floats(0.05, 1.0), st.integers(0, 2**32 - 1),
@@ -27,7 +27,7 @@ def test_outlines_show_on_light_and_dark_pictures(value, k, alpha, seed, mode):
             ring = background[y, x], background[y + (1 if y == y0 else -1 if y == y0 + s - 1 else 0),
                                                   x + (1 if x == x0 else -1 if x == x0 + s - 1 else 0)]
             assert max(np.abs(px - value).max() for px in ring) >= 128
-            assert (ring[0] == LEVEL_COLOURS[min(level, 4) - 1]).all() and (ring[1] == 0).all()
+            assert (ring[0] == _LEVEL_COLOURS[min(level, 4) - 1]).all() and (ring[1] == 0).all()
 
 
 def test_legend_shows_every_level_and_a_colour_bar():
@@ -39,9 +39,10 @@ def test_legend_shows_every_level_and_a_colour_bar():
     assert legend.shape[0] > 3 * 14
     colours = {tuple(px) for px in legend.reshape(-1, 3)}
     for k in range(1, len(sel.masks) + 1):
-        assert tuple(LEVEL_COLOURS[k - 1]) in colours  # a swatch per level, even with no region
+        assert tuple(_LEVEL_COLOURS[k - 1]) in colours  # a swatch per level, even with no region
     assert tuple(np.rint(_HEAT[0]).astype(np.uint8)) in colours and tuple(_HEAT[-1].astype(np.uint8)) in colours
-    assert np.array_equal(pic[:112, 224 + GAP:2 * 224 + GAP], np.repeat(np.repeat(heatmap(entropy_maps(img)[0]), 28, 0), 28, 1))
+    heat = np.repeat(np.repeat(_heatmap(entropy_maps(img)[0]), 28, 0), 28, 1)
+    assert np.array_equal(pic[:112, 224 + _GAP:2 * 224 + _GAP], heat)
 
 
 @given(st.integers(1, 2500), st.integers(1, 2500), st.integers(256, 1500))
@@ -63,6 +64,6 @@ def test_to_rgb8_maps_the_value_range_to_0_255(dtype, seed):
     hi = hi + 1 if hi == lo else hi
     img = rng.uniform(lo, hi, (5, 7)).astype(dtype)
     img[0, 0], img[0, 1] = lo, hi
-    rgb = to_rgb8(img, value_range=(lo, hi) if dtype != "uint16" else None)
+    rgb = _to_rgb8(img, value_range=(lo, hi) if dtype != "uint16" else None)
     assert rgb.shape == (5, 7, 3) and rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 1].tolist() == [255, 255, 255]
     np.testing.assert_allclose(rgb[..., 1], (img.astype(float) - lo) * 255 / (hi - lo), atol=0.5 + 1e-9)
