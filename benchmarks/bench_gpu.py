@@ -23,6 +23,7 @@ peak device memory, the processor's median CPU time (``--proc-repeats`` calls) a
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import time
@@ -64,8 +65,9 @@ def make_config(name: str, tokenizer):
     from transformers import Qwen2VLConfig
 
     spec = MODELS[name]
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                             "<|vision_end|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    special = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>",
+               "<|endoftext|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
     text = dict(
         spec["text"], hidden_act="silu", max_position_embeddings=32768, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE[name]},
@@ -86,7 +88,8 @@ def build_model(name: str, tokenizer, device: torch.device, dtype: torch.dtype):
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen2VLForConditionalGeneration._from_config(make_config(name, tokenizer), dtype=dtype, attn_implementation="sdpa")
+        model = Qwen2VLForConditionalGeneration._from_config(make_config(name, tokenizer), dtype=dtype,
+                                                             attn_implementation="sdpa")
     return patch_model(model.eval())
 
 
@@ -118,14 +121,17 @@ def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU, small images: a smoke test")
     parser.add_argument("--models", nargs="+", choices=["2b", "7b"], default=["2b", "7b"])
-    parser.add_argument("--sizes", type=setup.positive_float, nargs="+", help="image sizes in megapixels (default 1 4; --tiny: 0.05 0.1)")
+    parser.add_argument("--sizes", type=setup.positive_float, nargs="+",
+                        help="image sizes in megapixels (default 1 4; --tiny: 0.05 0.1)")
     parser.add_argument("--alphas", type=setup.unit_float, nargs="+", default=[0.5, 0.3, 0.2], help="budget alphas")
     parser.add_argument("--mode", choices=["multiscale", "drop"], default="multiscale")
     parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
-    parser.add_argument("--backend", choices=["pil", "torchvision"], default="torchvision", help="image processor backend")
+    parser.add_argument("--backend", choices=["pil", "torchvision"], default="torchvision",
+                        help="image processor backend")
     parser.add_argument("--repeats", type=setup.positive_int, default=10, help="timed forwards per row")
     parser.add_argument("--warmup", type=setup.non_negative_int, default=3, help="untimed forwards before them")
-    parser.add_argument("--proc-repeats", type=setup.positive_int, default=5, help="timed processor calls per setting")
+    parser.add_argument("--proc-repeats", type=setup.positive_int, default=5,
+                        help="timed processor calls per setting")
     parser.add_argument("--device", help="torch device (default: cuda; --tiny: cpu)")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
@@ -144,8 +150,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = args.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     stock = setup.make_stock_processor(args.backend)
-    settings = [("stock", None)] + [(f"a={a:g}", wrap_processor(stock, patch_selection_method="budget", alpha=a, mode=args.mode))
-                                     for a in args.alphas]
+    settings = [("stock", None)] + [
+        (f"a={a:g}", wrap_processor(stock, patch_selection_method="budget", alpha=a, mode=args.mode))
+        for a in args.alphas
+    ]
     text = [setup.prompt(stock)]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {card}, {dtype}, sdpa; {args.backend} processor on CPU ({torch.get_num_threads()} threads); "
@@ -156,7 +164,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for mp in args.sizes:
         image, photos[mp] = setup.photo(args.photo, mp)
         for label, proc in settings:
-            call = lambda proc=proc or stock: proc(images=[image], text=text, return_tensors="pt")  # noqa: E731
+            def call(proc=proc or stock, image=image):  # defaults bind this iteration's values (B023)
+                return proc(images=[image], text=text, return_tensors="pt")
+
             proc_ms[mp, label] = median_ms(call, args.proc_repeats, 1, torch.device("cpu"))
             inputs[mp, label] = call()
 
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
-                ttft = median_ms(lambda: first_token_logits(model, batch), args.repeats, args.warmup, device)
+                # a temporary partial, not a name: `del model` below must free the model
+                ttft = median_ms(functools.partial(first_token_logits, model, batch), args.repeats, args.warmup, device)
                 peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
                 peak_text = f"{peak:.0f}" if device.type == "cuda" else "-"
                 e2e = proc_ms[mp, label] + ttft
@@ -187,7 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            speedup=base[0] / ttft, e2e_ms=e2e, e2e_speedup=base[1] / e2e, peak_mb=peak)
                 rows.append(row)
                 print(f"{name:<5} {mp:>5g} {label:<8} {row['tokens']:>6} {row['seq']:>6} {row['proc_ms']:>8.1f} "
-                      f"{ttft:>9.1f} {row['speedup']:>7.2f}x {e2e:>9.1f} {row['e2e_speedup']:>5.2f}x {peak_text:>8}", flush=True)
+                      f"{ttft:>9.1f} {row['speedup']:>7.2f}x {e2e:>9.1f} {row['e2e_speedup']:>5.2f}x {peak_text:>8}",
+                      flush=True)
         del model
         gc.collect()
         if device.type == "cuda":
