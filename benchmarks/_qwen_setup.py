@@ -26,7 +26,8 @@ def photo(name: str, megapixels: float) -> tuple[np.ndarray, str]:
 
         img, source = getattr(data, name)(), name
     except ImportError:
-        img, source = np.asarray(Image.open(ROOT / "entropy_prune" / "data" / "astronaut.jpg").convert("RGB")), "bundled astronaut"
+        bundled = ROOT / "entropy_prune" / "data" / "astronaut.jpg"
+        img, source = np.asarray(Image.open(bundled).convert("RGB")), "bundled astronaut"
     h, w = img.shape[:2]
     scale = (megapixels * 1e6 / (h * w)) ** 0.5
     size = (max(1, round(w * scale)), max(1, round(h * scale)))

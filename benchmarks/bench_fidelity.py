@@ -94,7 +94,10 @@ def summary(rows: list[dict]) -> None:
         sub = [r for r in rows if (r["mode"], r["score"], r["alpha"]) == (mode, score, alpha)]
         gains = [r["psnr"] - r["uniform_psnr"] for r in sub]
         worst = min(sub, key=lambda r: r["psnr"] - r["uniform_psnr"])
-        mean = lambda key: statistics.fmean(r[key] for r in sub)  # noqa: E731
+
+        def mean(key, sub=sub):  # the default binds this iteration's rows (B023)
+            return statistics.fmean(r[key] for r in sub)
+
         print(f"{mode:<10} {score:<8} {alpha:>5.2f} {mean('tokens') / mean('cells'):>6.1%} {mean('psnr'):>6.2f} "
               f"{mean('uniform_psnr'):>8.2f} {mean('random_psnr'):>7.2f} {statistics.fmean(gains):>+8.2f} "
               f"{min(gains):>+9.2f} {worst['image']:<22} {mean('ssim'):>5.3f} {mean('uniform_ssim'):>5.3f} "

@@ -66,11 +66,12 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
     names, times, outputs = list(procs), {name: [] for name in procs}, {}
     for i in range(repeats + 2):
         for name in names[i % len(names):] + names[: i % len(names)]:
-            ms, outputs[name] = timed(lambda: procs[name](images=[image], text=text, return_tensors="pt"))
+            ms, outputs[name] = timed(lambda name=name: procs[name](images=[image], text=text, return_tensors="pt"))
             if i >= 2:
                 times[name].append(ms)
     before, after = setup.image_tokens(outputs["stock"]), setup.image_tokens(outputs["wrapped"])
-    placeholders = int((outputs["wrapped"]["input_ids"] == stock.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    pad_id = stock.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    placeholders = int((outputs["wrapped"]["input_ids"] == pad_id).sum())
     assert placeholders == after, (placeholders, after)
     for name in names[2:]:
         assert all(torch.equal(outputs[name][k], outputs["wrapped"][k]) for k in outputs["wrapped"]), name
@@ -123,7 +124,8 @@ def fresh_processes(args) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=setup.positive_float, nargs="+", default=[1.0, 4.0], help="image sizes in megapixels")
+    parser.add_argument("--sizes", type=setup.positive_float, nargs="+", default=[1.0, 4.0],
+                        help="image sizes in megapixels")
     parser.add_argument("--backends", nargs="+", choices=["pil", "torchvision"], default=["pil", "torchvision"])
     parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
     parser.add_argument("--alpha", type=setup.unit_float, default=0.3, help="budget alpha (0 < alpha <= 1)")

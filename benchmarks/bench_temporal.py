@@ -48,7 +48,8 @@ def main() -> None:
         for label, config in CONFIGS:
             counts = []
             for tau in (None, args.tau):
-                out = wrap_processor(video_processor, temporal_threshold=tau, **config)([frames], size=SIZE, return_tensors="pt")
+                wrapped = wrap_processor(video_processor, temporal_threshold=tau, **config)
+                out = wrapped([frames], size=SIZE, return_tensors="pt")
                 groups = int(out["video_grid_thw"][0, 0])
                 counts.append(torch.bincount(out[VIDEO_REGIONS_KEY][:, 2], minlength=groups).tolist())
             before, after = (sum(c) for c in counts)
