@@ -14,19 +14,19 @@ sees torch allocations) and tracemalloc's peak (exact for numpy allocations).
 
 from __future__ import annotations
 
-import os
-
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 
-import numpy as np
+# One thread for every BLAS/OpenMP backend: these must be set before numpy is first imported.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import numpy as np  # noqa: E402 - after the thread-count variables above, which numpy reads on import
 
 P, SCALES, BINS = 28, 3, 256
 
@@ -138,7 +138,7 @@ def check_agreement(side: int) -> float:
     """Largest |difference| in bits between ours and the one-hot reference (whole cells)."""
     img = photo(side)
     return max(float(np.abs(a[: b.shape[0], : b.shape[1]] - b.numpy()).max())
-               for a, b in zip(ours_maps(img), onehot_reference(img)))
+               for a, b in zip(ours_maps(img), onehot_reference(img), strict=True))
 
 
 def main() -> None:
