@@ -24,4 +24,13 @@ from ._compat import SUPPORTED  # noqa: E402  (checks the transformers version f
 from .modeling import patch_model, prepare_inputs, unpatch_model  # noqa: E402
 from .processing import REGIONS_KEY, SETTINGS, VIDEO_REGIONS_KEY, wrap_processor  # noqa: E402
 
-__all__ = ["REGIONS_KEY", "SETTINGS", "SUPPORTED", "VIDEO_REGIONS_KEY", "patch_model", "prepare_inputs", "unpatch_model", "wrap_processor"]
+__all__ = [
+    "REGIONS_KEY",
+    "SETTINGS",
+    "SUPPORTED",
+    "VIDEO_REGIONS_KEY",
+    "patch_model",
+    "prepare_inputs",
+    "unpatch_model",
+    "wrap_processor",
+]

@@ -53,8 +53,11 @@ def check_version(version: str = transformers.__version__) -> None:
     if found < low:
         raise ImportError(f"{advice} Upgrade: pip install 'transformers{','.join(SUPPORTED)}'")
     if found >= high:
-        warnings.warn(f"{advice} Newer releases are untested: check token counts and keep-all outputs "
-                      f"before relying on them, or pip install 'transformers{','.join(SUPPORTED)}'", stacklevel=2)
+        warnings.warn(
+            f"{advice} Newer releases are untested: check token counts and keep-all outputs "
+            f"before relying on them, or pip install 'transformers{','.join(SUPPORTED)}'",
+            stacklevel=2,
+        )
 
 
 check_version()  # before the imports below, which older releases may lack
@@ -64,8 +67,17 @@ from transformers import Qwen2VLModel  # noqa: E402
 from transformers.image_processing_backends import TorchvisionBackend  # noqa: E402
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights  # noqa: E402
 
-PREPROCESS_KEYS = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
-                   "patch_size", "merge_size", "temporal_patch_size", "return_tensors")
+PREPROCESS_KEYS = (
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "patch_size",
+    "merge_size",
+    "temporal_patch_size",
+    "return_tensors",
+)
 """Keywords the stock ``_preprocess`` receives that the adapter reads: the rescale and
 normalisation arguments (in the order the stock methods take them), the geometry, the tensor type."""
 NORM_KEYS = PREPROCESS_KEYS[:5]
@@ -110,7 +122,9 @@ def set_valid_kwargs(processor: Any) -> None:
     processor._valid_kwargs_names = list(processor.valid_kwargs.__annotations__)
 
 
-def interpolation(visual: torch.nn.Module, grid_thw: torch.Tensor, merge_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def interpolation(
+    visual: torch.nn.Module, grid_thw: torch.Tensor, merge_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen3-VL position-embedding interpolation (indices, weights) for every patch of the full
     grids, in the tower's row order, as the stock tower computes it (its attributes
     ``num_grid_per_side``, ``interpolation_mode``, ``interpolation_align_corners``)."""

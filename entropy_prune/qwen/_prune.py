@@ -77,7 +77,7 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     kw = dict(patch_size=unit_px, num_scales=settings["num_scales"], channels_first=True)
     levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], score, **kw).levels]
     for image in images[1:]:
-        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, score, **kw).levels)]
+        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, score, **kw).levels, strict=True)]
     tau = settings["temporal_threshold"]
     if tau is not None and previous is not None:
         now = np.mean([_luma01(x) for x in images], axis=0)
@@ -130,8 +130,14 @@ def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, n
     return cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
-def prune_batch(output: BatchFeature, keys: tuple[str, str, str], settings: dict, kwargs: dict,
-                raws: list[torch.Tensor] | None = None, normalize=None) -> BatchFeature:
+def prune_batch(
+    output: BatchFeature,
+    keys: tuple[str, str, str],
+    settings: dict,
+    kwargs: dict,
+    raws: list[torch.Tensor] | None = None,
+    normalize=None,
+) -> BatchFeature:
     """Stock (image or video) processor output -> pruned pixel rows, full grid, kept-regions tensor.
 
     ``keys`` = (pixel key, grid key, regions key); ``kwargs`` are the ``_preprocess`` arguments.

@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import numpy as np
-
+from .._image import check_real
 from ..selection import check_settings as check_selection
 
 SETTINGS = {
@@ -44,8 +43,10 @@ def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool)
         if key in valid or not (strict or close):
             continue
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise TypeError(f"unknown setting {key!r} in {where}{hint}. Selection settings: {sorted(SETTINGS)}"
-                        + (f"; other valid keys: {sorted(valid - set(SETTINGS))}" if strict else ""))
+        raise TypeError(
+            f"unknown setting {key!r} in {where}{hint}. Selection settings: {sorted(SETTINGS)}"
+            + (f"; other valid keys: {sorted(valid - set(SETTINGS))}" if strict else "")
+        )
 
 
 def keeps_all(settings: dict) -> bool:
@@ -61,9 +62,6 @@ def check(settings: dict) -> None:
         raise TypeError(f"unknown selection setting(s) {sorted(unknown)}; valid: {sorted(SETTINGS)}")
     keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score")
     check_selection(*(settings[k] for k in keys))
-    tau = settings["temporal_threshold"]
-    if tau is not None:
-        if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
-            raise TypeError(f"temporal_threshold must be a real number or None, got {tau!r}")
-        if not (np.isfinite(tau) and tau > 0):
-            raise ValueError(f"temporal_threshold must be a finite number > 0 (luma change in [0, 1] units), got {tau}")
+    if settings["temporal_threshold"] is not None:
+        check_real("temporal_threshold", settings["temporal_threshold"], low=0, low_open=True,
+                   meaning="luma change in [0, 1] units; or None")

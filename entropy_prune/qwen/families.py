@@ -39,7 +39,15 @@ from transformers import (
 
 from . import _compat
 
-__all__ = ["FAMILIES", "Qwen2VLFamily", "Qwen2_5VLFamily", "Qwen3VLFamily", "VisualItem", "family_of", "full_grid_regions"]
+__all__ = [
+    "FAMILIES",
+    "Qwen2VLFamily",
+    "Qwen2_5VLFamily",
+    "Qwen3VLFamily",
+    "VisualItem",
+    "family_of",
+    "full_grid_regions",
+]
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,15 @@ class Qwen2VLFamily:
 
     # ------------------------------------------------------------------ LLM positions
 
-    def time_positions(self, base: torch.nn.Module, modality: str, index: int, grid_t: int, inputs: dict) -> torch.Tensor:
+    def time_positions(
+        self, base: torch.nn.Module, modality: str, index: int, grid_t: int, inputs: dict
+    ) -> torch.Tensor:
         """(grid_t,) temporal LLM position of each temporal patch of an item (stock: its index)."""
         return torch.arange(grid_t)
 
-    def items(self, base: torch.nn.Module, modality: str, grid_thw: torch.Tensor, regions: torch.Tensor, inputs: dict) -> list[VisualItem]:
+    def items(
+        self, base: torch.nn.Module, modality: str, grid_thw: torch.Tensor, regions: torch.Tensor, inputs: dict
+    ) -> list[VisualItem]:
         """The LLM items of one modality, in prompt order (one per image / video)."""
         m = self.merge_size(base)
         out = []
@@ -134,7 +146,9 @@ class Qwen2VLFamily:
         frame = regions[:, 0] * (int(grid_thw[:, 0].max()) if len(grid_thw) else 1) + regions[:, 2]
         return {"position_ids": self.vision_position_ids(m, regions), "cu_seqlens": self.segments(frame, m)}
 
-    def encode(self, base: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, regions: torch.Tensor) -> Any:
+    def encode(
+        self, base: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, regions: torch.Tensor
+    ) -> Any:
         """Run the vision tower on kept units only.
 
         Args:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +29,9 @@ _MODALITIES = {  # modality: (regions key, pixel key, grid key, code in mm_token
 }
 
 
-def _check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int, modality: str = "image") -> torch.Tensor:
+def _check_regions(
+    regions: Any, pixel_values: Any, grid_thw: Any, merge_size: int, modality: str = "image"
+) -> torch.Tensor:
     """Validate a kept-regions tensor against its pixel rows and grids (``pixel_values`` /
     ``image_grid_thw`` for images, ``pixel_values_videos`` / ``video_grid_thw`` for videos).
 
@@ -41,10 +43,11 @@ def _check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: i
         raise TypeError(f"{key} must be an integer tensor, got dtype {regions.dtype}")
     regions = regions.to("cpu", torch.long)
     if regions.ndim != 2 or regions.shape[1] != 5:
-        raise ValueError(f"{key} must have shape (num_kept, 5) ({modality}, level, t, row, col), got {tuple(regions.shape)}")
+        raise ValueError(
+            f"{key} must have shape (num_kept, 5) ({modality}, level, t, row, col), got {tuple(regions.shape)}"
+        )
     if pixel_values is None or grid_thw is None:
         raise ValueError(f"{key} needs the matching {pixel_key} and {grid_key}")
-    grid = torch.as_tensor(grid_thw).to("cpu", torch.long)
     m2 = merge_size * merge_size
     n = regions.shape[0]
     if pixel_values.shape[0] != n * m2:
@@ -52,8 +55,14 @@ def _check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: i
             f"{pixel_key} has {pixel_values.shape[0]} rows but {key} lists {n} kept units "
             f"({m2} rows each = {n * m2}); pass the processor output unmodified"
         )
-    if n == 0:
-        return regions
+    if n:
+        _check_blocks(regions, torch.as_tensor(grid_thw).to("cpu", torch.long), merge_size, modality)
+    return regions
+
+
+def _check_blocks(regions: torch.Tensor, grid: torch.Tensor, merge_size: int, modality: str) -> None:
+    """Regions (n >= 1, 5) are aligned blocks inside their items' unit grids, sorted, not overlapping."""
+    key, _, grid_key, _ = _MODALITIES[modality]
     item, level, t, row, col = regions.unbind(1)
     if int(item.min()) < 0 or int(item.max()) >= grid.shape[0]:
         raise ValueError(f"{key} {modality} indices must be in [0, {grid.shape[0]}) (rows of {grid_key})")
@@ -72,9 +81,9 @@ def _check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: i
         )
     span_t, span_r, span_c = (int(v.max()) + 1 for v in (g[:, 0], hu, wu))
     order = ((item * span_t + t) * span_r + row) * span_c + col
-    if n > 1 and not bool((order[1:] > order[:-1]).all()):
+    if len(order) > 1 and not bool((order[1:] > order[:-1]).all()):
         raise ValueError(f"{key} must be sorted by ({modality}, t, row, col) without repeats")
-    units = grid.prod(1) // m2
+    units = grid.prod(1) // (merge_size * merge_size)
     starts = torch.cumsum(units, 0) - units
     cells = []
     for lv in level.unique().tolist():
@@ -87,7 +96,6 @@ def _check_regions(regions: Any, pixel_values: Any, grid_thw: Any, merge_size: i
     cells = torch.cat(cells)
     if cells.unique().numel() != cells.numel():
         raise ValueError(f"{key} has overlapping regions")
-    return regions
 
 
 def _mrope_positions(
@@ -114,27 +122,7 @@ def _mrope_positions(
         types = torch.zeros_like(ids)
         for code, tid in token_ids.items():
             types[ids == tid] = code
-        out = torch.empty(3, ids.numel(), dtype=torch.long)
-        change = torch.nonzero(types[1:] != types[:-1]).flatten().add(1).tolist()
-        cur = 0
-        for start, end in zip([0, *change], [*change, ids.numel()]):
-            code = int(types[start]) if end > start else 0
-            if code == 0:
-                out[:, start:end] = torch.arange(cur, cur + end - start)
-                cur += end - start
-                continue
-            k = start
-            while k < end:
-                item = next(queues[code], None)
-                if item is None:
-                    raise ValueError(_count_message(code, "more placeholder tokens than kept tokens"))
-                if item.num_tokens == 0:
-                    continue
-                if k + item.num_tokens > end:
-                    raise ValueError(_count_message(code, "a placeholder run shorter than its item's kept tokens"))
-                out[:, k : k + item.num_tokens] = item.positions + cur
-                cur += item.extent
-                k += item.num_tokens
+        out = _sequence_positions(types, queues)
         position_ids[:, bi, mask[bi]] = out.to(device)
         deltas.append((int(out.max()) + 1 if out.numel() else 0) - ids.numel())
     for code, queue in queues.items():
@@ -146,6 +134,33 @@ def _mrope_positions(
         text = (attention_mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)
     deltas = torch.tensor(deltas, device=device).unsqueeze(1)
     return torch.cat([text[None], position_ids]), deltas
+
+
+def _sequence_positions(types: torch.Tensor, queues: Mapping[int, Iterator[VisualItem]]) -> torch.Tensor:
+    """(3, n) (t, h, w) positions of one unpadded sequence whose tokens have modality codes
+    ``types`` (0 text); each run of placeholders takes items from ``queues[code]`` in order."""
+    out = torch.empty(3, types.numel(), dtype=torch.long)
+    change = torch.nonzero(types[1:] != types[:-1]).flatten().add(1).tolist()
+    cur = 0
+    for start, end in zip([0, *change], [*change, types.numel()], strict=True):
+        code = int(types[start]) if end > start else 0
+        if code == 0:
+            out[:, start:end] = torch.arange(cur, cur + end - start)
+            cur += end - start
+            continue
+        k = start
+        while k < end:
+            item = next(queues[code], None)
+            if item is None:
+                raise ValueError(_count_message(code, "more placeholder tokens than kept tokens"))
+            if item.num_tokens == 0:
+                continue
+            if k + item.num_tokens > end:
+                raise ValueError(_count_message(code, "a placeholder run shorter than its item's kept tokens"))
+            out[:, k : k + item.num_tokens] = item.positions + cur
+            cur += item.extent
+            k += item.num_tokens
+    return out
 
 
 def _count_message(code: int, what: str) -> str:
@@ -178,7 +193,9 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
         return inputs
     for key in ("position_ids", "mm_encoder_outputs", "inputs_embeds"):
         if inputs.get(key) is not None:
-            raise ValueError(f"{key} cannot be combined with kept regions: the adapter computes them from the kept regions")
+            raise ValueError(
+                f"{key} cannot be combined with kept regions: the adapter computes them from the kept regions"
+            )
     input_ids = inputs.get("input_ids")
     if input_ids is None:
         raise ValueError("kept regions need input_ids (the placeholders locate each image and video)")
@@ -270,8 +287,12 @@ def _patched_class(stock: type) -> type:
     reachable for pickle as ``entropy_prune.qwen.modeling.Patched<stock>``."""
     qualname = f"Patched{stock.__name__}"
     if qualname not in _PATCHED:
-        namespace = {"__module__": __name__, "__qualname__": qualname, "_stock_class": stock,
-                     "forward": _routed(stock.forward, "input_ids")}
+        namespace = {
+            "__module__": __name__,
+            "__qualname__": qualname,
+            "_stock_class": stock,
+            "forward": _routed(stock.forward, "input_ids"),
+        }
         if hasattr(stock, "generate"):
             namespace["generate"] = _routed(stock.generate, "inputs")
         _PATCHED[qualname] = type(stock.__name__, (_Patched, stock), namespace)

@@ -60,9 +60,6 @@ VIDEO_REGIONS_KEY = "video_kept_regions"
 _KEYS = {"images": REGIONS_KEY, "videos": VIDEO_REGIONS_KEY}
 
 
-
-
-
 _FORK_HANDLER = False
 
 
@@ -75,14 +72,6 @@ def _fork_safe_threads() -> None:
     if not _FORK_HANDLER:
         os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
         _FORK_HANDLER = True
-
-
-
-
-
-
-
-
 
 
 def _rgb8_channels_last(
@@ -168,9 +157,13 @@ class _PruningImageProcessor(_Pruning):
         finally:
             _CAPTURE.raws = None
         norm = [kwargs[k] for k in NORM_KEYS]
-        return prune_batch(output, self.keys, settings, kwargs, raws, lambda x, dtype: self._normalize_units(x, dtype, *norm))
+        return prune_batch(
+            output, self.keys, settings, kwargs, raws, lambda x, dtype: self._normalize_units(x, dtype, *norm)
+        )
 
-    def _normalize_units(self, x: torch.Tensor, dtype: torch.dtype, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
+    def _normalize_units(
+        self, x: torch.Tensor, dtype: torch.dtype, do_rescale, rescale_factor, do_normalize, image_mean, image_std
+    ):
         """What the stock pipeline makes of (N, C, s, s) float pixels (exact values of a
         ``dtype`` image) on their way to rows: its rescale and normalisation (elementwise),
         then the dtype its patchify gives (torchvision: the image's own if neither step runs,
@@ -194,7 +187,9 @@ class _PruningImageProcessor(_Pruning):
         stock method copies it to channels-first memory. torch's uint8 antialiased resize is
         about 2x faster on channels-last pixels (it repacks channels-first ones) and gives the
         same values; skipping the copy as well saves ~3 ms per MP."""
-        pixels = _rgb8_channels_last(self, image, **kwargs) if not args and _compat.is_torchvision_backend(self) else None
+        pixels = (
+            _rgb8_channels_last(self, image, **kwargs) if not args and _compat.is_torchvision_backend(self) else None
+        )
         return pixels if pixels is not None else super().process_image(image, *args, **kwargs)
 
     def rescale_and_normalize(self, images, *args, **kwargs):
@@ -221,7 +216,9 @@ class _PruningImageProcessor(_Pruning):
         the kept regions'); the grid is returned as usual."""
         raws = getattr(_CAPTURE, "raws", None)
         if raws is None:
-            return super().patchify(images, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal_patch_size)
+            return super().patchify(
+                images, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal_patch_size
+            )
         numpy_in = isinstance(images, np.ndarray)
         batch = torch.from_numpy(images) if numpy_in else images
         group = batch if batch.ndim == 4 else batch[None]
@@ -281,14 +278,21 @@ class _PruningProcessor:
         ``None``, or ``"budget"`` with alpha 1); a ValueError elsewhere, where they depend on the
         content. Settings as for a call: flat kwargs, then ``images_kwargs`` / ``videos_kwargs``."""
         flat = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
-        for sizes, name, sub in ((image_sizes, "images", "image_processor"), (video_sizes, "videos", "video_processor")):
+        for sizes, name, sub in (
+            (image_sizes, "images", "image_processor"),
+            (video_sizes, "videos", "video_processor"),
+        ):
             processor = getattr(self, sub, None)
             nested = kwargs.get(f"{name}_kwargs")
             if nested is not None:
                 kwargs[f"{name}_kwargs"] = {k: v for k, v in nested.items() if k not in SETTINGS}
             if sizes is None or not isinstance(processor, _Pruning):
                 continue
-            settings = {**processor.selection_settings, **flat, **{k: v for k, v in (nested or {}).items() if k in SETTINGS}}
+            settings = {
+                **processor.selection_settings,
+                **flat,
+                **{k: v for k, v in (nested or {}).items() if k in SETTINGS},
+            }
             _settings.check(settings)
             if not keeps_all(settings):
                 method = settings["patch_selection_method"]
@@ -431,4 +435,3 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     if isinstance(processor, BaseImageProcessor):
         return _as_pruning(processor, given)
     raise TypeError(f"expected a Qwen-VL processor, image or video processor, got {type(processor).__name__}")
-

@@ -87,11 +87,15 @@ def make_processor(backend: str = "torchvision", family: str = "qwen2_vl"):
     if family == "qwen3_vl":
         half = [0.5, 0.5, 0.5]
         image_processor = image_cls(size=dict(SIZE_QWEN3), patch_size=16, image_mean=half, image_std=half)
-        video_processor = Qwen3VLVideoProcessor(size=dict(SIZE_QWEN3), do_sample_frames=False, cap_pixels_per_frame=False)
+        video_processor = Qwen3VLVideoProcessor(
+            size=dict(SIZE_QWEN3), do_sample_frames=False, cap_pixels_per_frame=False
+        )
     else:
         image_processor = image_cls(size=dict(SIZE))
         video_processor = Qwen2VLVideoProcessor(size=dict(SIZE), cap_pixels_per_frame=False)
-    processor_cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[family]
+    processor_cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[
+        family
+    ]
     return processor_cls(
         image_processor=image_processor,
         tokenizer=make_tokenizer(),
@@ -122,15 +126,23 @@ def make_config(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl"):
     elif family == "qwen2_5_vl":
         cls = Qwen2_5_VLConfig
         vision.update(
-            hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=112,
-            fullatt_block_indexes=[1], tokens_per_second=2,
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=64,
+            window_size=112,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
         )
     else:
         cls = Qwen3VLConfig
         text.update(head_dim=16)
         vision.update(
-            hidden_size=32, intermediate_size=64, out_hidden_size=64, patch_size=16,
-            num_position_embeddings=64, deepstack_visual_indexes=[0],
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=64,
+            patch_size=16,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
         )
     return cls(
         text_config=text,
