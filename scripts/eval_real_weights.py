@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: {exc}")
     processor, model = load(args.model, args.device, args.dtype)
     settings = [("stock", processor)] + [
-        (f"{args.method} {a:g}", wrap_processor(processor, patch_selection_method=args.method, alpha=a, mode=args.mode, score=args.score))
+        (f"{args.method} {a:g}",
+         wrap_processor(processor, patch_selection_method=args.method, alpha=a, mode=args.mode, score=args.score))
         for a in args.alphas
     ]
     print(f"{type(model).__name__} from {args.model} on {args.device}; {len(items)} items; greedy, "
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = summarise(name, results)
         report.append(row)
         per_item[name] = results
-        print(f"{name:<14} {row['exact']:>6.3f} {row['contains']:>8.3f} {row['image_tokens']:>10.1f} {row['seconds']:>8.3f}", flush=True)
+        print(f"{name:<14} {row['exact']:>6.3f} {row['contains']:>8.3f} {row['image_tokens']:>10.1f} "
+              f"{row['seconds']:>8.3f}", flush=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"config": config, "report": report, "items": per_item}
     if args.out:

@@ -10,11 +10,12 @@ from benchmarks import bench_gpu  # noqa: E402
 
 
 def test_tiny_runs_and_reports_every_setting(capsys):
-    rows = bench_gpu.main(["--tiny", "--sizes", "0.05", "0.1", "--alphas", "0.5", "0.3", "--repeats", "1", "--warmup", "0",
-                           "--proc-repeats", "1"])
+    rows = bench_gpu.main(["--tiny", "--sizes", "0.05", "0.1", "--alphas", "0.5", "0.3",
+                           "--repeats", "1", "--warmup", "0", "--proc-repeats", "1"])
     out = capsys.readouterr().out
     assert "tiny" in out and "TTFT ms" in out
-    assert [(r["mp"], r["setting"]) for r in rows] == [(mp, s) for mp in (0.05, 0.1) for s in ("stock", "a=0.5", "a=0.3")]
+    expected = [(mp, s) for mp in (0.05, 0.1) for s in ("stock", "a=0.5", "a=0.3")]
+    assert [(r["mp"], r["setting"]) for r in rows] == expected
     for mp in (0.05, 0.1):
         stock, half, third = (r for r in rows if r["mp"] == mp)
         assert stock["speedup"] == 1.0 and stock["e2e_speedup"] == 1.0
@@ -37,7 +38,8 @@ def test_config_special_tokens_match_tokenizer():
         assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
         assert config.text_config.vocab_size == vocab
         v = config.vision_config
-        assert (v.depth, v.embed_dim, v.num_heads, v.mlp_ratio, v.hidden_size) == (32, 1280, 16, 4, config.text_config.hidden_size)
+        hidden = config.text_config.hidden_size
+        assert (v.depth, v.embed_dim, v.num_heads, v.mlp_ratio, v.hidden_size) == (32, 1280, 16, 4, hidden)
         assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
 
 

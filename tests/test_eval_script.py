@@ -33,7 +33,8 @@ def data(tmp_path_factory):
     for i, (h, w) in enumerate(SIZES):
         Image.fromarray(textured_image(h, w, seed=i)).save(path / f"img{i}.png")
         answer = ["red", "Red colour"] if i == 0 else "a square"
-        lines.append(json.dumps({"image": f"img{i}.png", "question": f"What is shown in picture {i}?", "answer": answer}))
+        item = {"image": f"img{i}.png", "question": f"What is shown in picture {i}?", "answer": answer}
+        lines.append(json.dumps(item))
     (path / "items.jsonl").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     return path
 
@@ -59,7 +60,7 @@ def test_report_structure_and_token_counts(checkpoint, data, tmp_path, capsys):
     assert [r["image_tokens"] for r in stock] == units
     assert [r["image_tokens"] for r in keep_all] == units
     # budget 0.3: round(0.3 x units) tokens, at most 2 under (multiscale splits add 3 at a time)
-    for r, n in zip(pruned, units):
+    for r, n in zip(pruned, units, strict=True):
         assert round(0.3 * n) - 2 <= r["image_tokens"] <= round(0.3 * n) < n
     # keep-all goes through the pruning path and is bit-equal to stock: same greedy answers
     assert [r["prediction"] for r in keep_all] == [r["prediction"] for r in stock]
