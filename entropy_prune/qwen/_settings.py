@@ -39,8 +39,10 @@ def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool)
     stock typed-dict error names no setting), else one that is not valid but resembles a selection
     setting (a typo the stock processor only logs, then runs with the default)."""
     for key in kwargs:
+        if key in valid:
+            continue
         close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.75)
-        if key in valid or not (strict or close):
+        if not (strict or close):
             continue
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise TypeError(
