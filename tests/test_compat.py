@@ -20,7 +20,14 @@ from entropy_prune.qwen import _compat  # noqa: E402
 from entropy_prune.qwen._units import cut_regions  # noqa: E402
 from entropy_prune.qwen.families import family_of, full_grid_regions  # noqa: E402
 from entropy_prune.qwen.modeling import _mrope_positions  # noqa: E402
-from entropy_prune.qwen.testing import FAMILIES, batch, family_media, make_model, make_processor, textured_image  # noqa: E402
+from entropy_prune.qwen.testing import (  # noqa: E402
+    FAMILIES,
+    batch,
+    family_media,
+    make_model,
+    make_processor,
+    textured_image,
+)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -108,7 +115,8 @@ def test_rgb_array_is_what_process_image_converts(mode):
     expected = stock.process_image(image, do_convert_rgb=True)
     assert torch.equal(torch.from_numpy(_compat.rgb_array(stock, image, True)).permute(2, 0, 1), expected)
     unconverted = stock.process_image(image.convert("RGB"), do_convert_rgb=False)
-    assert torch.equal(torch.from_numpy(_compat.rgb_array(stock, image.convert("RGB"), False)).permute(2, 0, 1), unconverted)
+    rgb = _compat.rgb_array(stock, image.convert("RGB"), False)
+    assert torch.equal(torch.from_numpy(rgb).permute(2, 0, 1), unconverted)
 
 
 def test_valid_kwargs_names_filter_call_kwargs():

@@ -24,7 +24,14 @@ from entropy_prune.qwen import (  # noqa: E402
     wrap_processor,
 )
 from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS  # noqa: E402
-from entropy_prune.qwen.testing import beams, greedy, logits, make_model, make_processor, textured_image  # noqa: E402
+from entropy_prune.qwen.testing import (  # noqa: E402
+    beams,
+    greedy,
+    logits,
+    make_model,
+    make_processor,
+    textured_image,
+)
 
 BACKENDS = ("torchvision", "pil")
 PROMPTS = [
@@ -93,7 +100,11 @@ def raw_images(proc, images):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "settings",
-    [dict(patch_selection_method=None), dict(patch_selection_method="none"), dict(patch_selection_method="budget", alpha=1.0)],
+    [
+        dict(patch_selection_method=None),
+        dict(patch_selection_method="none"),
+        dict(patch_selection_method="budget", alpha=1.0),
+    ],
 )
 def test_keep_all_equals_stock(processors, patched, images, texts, backend, settings):
     proc = processors[backend]
@@ -132,7 +143,9 @@ def test_uint8_resize_is_the_same_on_channels_last_pixels(h, w, new_h, new_w, mo
     assert torch.equal(first, last)
 
 
-@pytest.mark.parametrize("settings", [dict(patch_selection_method=None), dict(patch_selection_method="budget", alpha=1.0)])
+@pytest.mark.parametrize(
+    "settings", [dict(patch_selection_method=None), dict(patch_selection_method="budget", alpha=1.0)]
+)
 def test_resized_inputs_of_every_kind_equal_stock(processors, texts, settings):
     """numpy and PIL (RGB, RGBA, gray) images that the torchvision processor really resizes (sides
     not multiples of 28 px) give the stock rows; the caller's array is neither changed nor shared."""
@@ -166,7 +179,9 @@ def test_budget_counts_match_core_and_features(processors, patched, images, text
     inputs = run(wrapped, images, texts)
     regions = inputs[REGIONS_KEY]
     per_image = torch.bincount(regions[:, 0], minlength=len(images)).tolist()
-    selections = [select_patches(img, method="budget", alpha=0.3, patch_size=28, mode=mode) for img in raw_images(proc, images)]
+    selections = [
+        select_patches(img, method="budget", alpha=0.3, patch_size=28, mode=mode) for img in raw_images(proc, images)
+    ]
     core = [sel.num_tokens for sel in selections]
     for i, sel in enumerate(selections):  # scored on exactly the resized image the processor made
         assert regions[regions[:, 0] == i][:, [1, 3, 4]].tolist() == sel.regions.tolist()
@@ -204,7 +219,8 @@ def test_unpruned_video_alongside_pruned_images(processors, patched, images):
     keep_all = wrap_processor(proc, alpha=1.0)(images=images[:1], videos=[video], text=text, return_tensors="pt")
     assert torch.equal(logits(patched, keep_all), reference)
     pruned = wrap_processor(proc, alpha=0.3)(
-        images=images[:1], videos=[video], text=text, return_tensors="pt", videos_kwargs={"patch_selection_method": None}
+        images=images[:1], videos=[video], text=text, return_tensors="pt",
+        videos_kwargs={"patch_selection_method": None},
     )
     assert torch.equal(pruned["pixel_values_videos"], stock["pixel_values_videos"]) and VIDEO_REGIONS_KEY not in pruned
     assert len(pruned[REGIONS_KEY]) < len(keep_all[REGIONS_KEY])
@@ -215,7 +231,8 @@ def test_unpruned_video_alongside_pruned_images(processors, patched, images):
 def test_size_only_token_counts_refused_while_pruning(processors):
     proc = processors["torchvision"]
     stock = proc._get_num_multimodal_tokens(image_sizes=[(112, 168)])
-    assert wrap_processor(proc, patch_selection_method=None)._get_num_multimodal_tokens(image_sizes=[(112, 168)]) == stock
+    keep_all = wrap_processor(proc, patch_selection_method=None)
+    assert keep_all._get_num_multimodal_tokens(image_sizes=[(112, 168)]) == stock
     with pytest.raises(ValueError, match="content"):
         wrap_processor(proc)._get_num_multimodal_tokens(image_sizes=[(112, 168)])
 
@@ -298,7 +315,8 @@ def test_integer_pixels_without_rescale_or_normalisation(processors, images, bac
     stock = proc.image_processor(images[:1], **kw)
     out = wrap_processor(proc, alpha=0.3).image_processor(images[:1], **kw)
     assert out["pixel_values"].dtype == stock["pixel_values"].dtype
-    assert torch.equal(wrap_processor(proc, alpha=1.0).image_processor(images[:1], **kw)["pixel_values"], stock["pixel_values"])
+    keep_all = wrap_processor(proc, alpha=1.0).image_processor(images[:1], **kw)
+    assert torch.equal(keep_all["pixel_values"], stock["pixel_values"])
     regions = out[REGIONS_KEY]
     assert (regions[:, 1] > 1).any()
     integer = not stock["pixel_values"].is_floating_point()
@@ -315,7 +333,8 @@ def test_integer_video_rows_without_rescale_or_normalisation(processors):
     video = np.stack([textured_image(84, 112, s) for s in range(4)])
     kw = dict(do_rescale=False, do_normalize=False, return_tensors="pt")
     stock = proc.video_processor([video], **kw)
-    assert torch.equal(wrap_processor(proc, alpha=1.0).video_processor([video], **kw)["pixel_values_videos"], stock["pixel_values_videos"])
+    keep_all = wrap_processor(proc, alpha=1.0).video_processor([video], **kw)
+    assert torch.equal(keep_all["pixel_values_videos"], stock["pixel_values_videos"])
     out = wrap_processor(proc, alpha=0.3).video_processor([video], **kw)
     rows, regions = out["pixel_values_videos"], out[VIDEO_REGIONS_KEY]
     assert rows.dtype == torch.uint8 and (regions[:, 1] > 1).any()
@@ -363,7 +382,7 @@ def test_vision_positions_of_coarse_units(processors, model, images, texts):
     pos = captured["position_ids"].reshape(-1, 2, 2, 2)  # (unit, mh, mw, [h, w])
     regions = inputs[REGIONS_KEY]
     assert (regions[:, 1] == 2).any() and (regions[:, 1] == 1).any()
-    for (_, level, _, r, c), p in zip(regions.tolist(), pos):
+    for (_, level, _, r, c), p in zip(regions.tolist(), pos, strict=True):
         b = 1 << (level - 1)
         for mh in range(2):
             for mw in range(2):
@@ -372,7 +391,8 @@ def test_vision_positions_of_coarse_units(processors, model, images, texts):
                 assert 2 * c + mw * b <= w < 2 * c + (mw + 1) * b
         assert (p[1, :, 0] - p[0, :, 0] == 1).all() and (p[:, 1, 1] - p[:, 0, 1] == 1).all()
         if level == 1:
-            assert p.reshape(4, 2).tolist() == [[2 * r, 2 * c], [2 * r, 2 * c + 1], [2 * r + 1, 2 * c], [2 * r + 1, 2 * c + 1]]
+            stock_positions = [[2 * r, 2 * c], [2 * r, 2 * c + 1], [2 * r + 1, 2 * c], [2 * r + 1, 2 * c + 1]]
+            assert p.reshape(4, 2).tolist() == stock_positions
 
 
 # ---------------------------------------------------------------- settings: three ways, save/load
@@ -397,7 +417,8 @@ def test_three_ways_agree(processors, images, texts, backend):
 
 
 def test_save_load_round_trip(processors, images, texts, tmp_path):
-    wrapped = wrap_processor(processors["torchvision"], patch_selection_method="v1", thresholds=[2.5, 1.5], mode="multiscale")
+    wrapped = wrap_processor(processors["torchvision"], patch_selection_method="v1", thresholds=[2.5, 1.5],
+                             mode="multiscale")
     wrapped.save_pretrained(tmp_path)
     expected = run(wrapped, images, texts)
     loaded = type(wrapped).from_pretrained(tmp_path)
@@ -439,8 +460,10 @@ def test_chat_template_and_decode(processors, patched, images):
     wrapped = wrap_processor(processors["torchvision"], alpha=0.3)
     from PIL import Image
 
-    messages = [{"role": "user", "content": [{"type": "image", "image": Image.fromarray(images[0])}, {"type": "text", "text": "hi"}]}]
-    inputs = wrapped.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    content = [{"type": "image", "image": Image.fromarray(images[0])}, {"type": "text", "text": "hi"}]
+    messages = [{"role": "user", "content": content}]
+    inputs = wrapped.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                         return_tensors="pt")
     assert int((inputs["input_ids"] == patched.config.image_token_id).sum()) == len(inputs[REGIONS_KEY])
     tokens = greedy(patched, inputs)
     text = wrapped.batch_decode(tokens[:, inputs["input_ids"].shape[1] :])
@@ -466,7 +489,8 @@ def test_patch_idempotent_and_passthrough(processors, model, images, texts):
     assert unpatch_model(model) is model and type(model) is stock_class
 
 
-@pytest.mark.skipif(not MM_ENCODER_OUTPUTS, reason="the stock forward takes mm_encoder_outputs from transformers 5.19 on")
+@pytest.mark.skipif(not MM_ENCODER_OUTPUTS,
+                    reason="the stock forward takes mm_encoder_outputs from transformers 5.19 on")
 def test_prepare_inputs_without_patching(processors, model, images, texts):
     inputs = run(wrap_processor(processors["torchvision"], alpha=0.3), images, texts)
     plain = logits(model, prepare_inputs(model, inputs))
@@ -475,7 +499,8 @@ def test_prepare_inputs_without_patching(processors, model, images, texts):
     try:
         assert torch.equal(logits(model, inputs), plain)
         assert torch.equal(greedy(model, inputs), tokens)
-        assert torch.equal(model(inputs["input_ids"], **{k: v for k, v in inputs.items() if k != "input_ids"}).logits, plain)
+        rest = {k: v for k, v in inputs.items() if k != "input_ids"}
+        assert torch.equal(model(inputs["input_ids"], **rest).logits, plain)
     finally:
         unpatch_model(model)
 
@@ -590,7 +615,8 @@ def test_float_images_without_rescale(processors, patched, images, texts, backen
     floats = [x.astype(np.float32) / 255 for x in images]
     stock = run(proc, floats, texts, do_rescale=False)
     full = run(wrap_processor(proc, alpha=1.0), floats, texts, do_rescale=False)
-    assert torch.equal(full["pixel_values"], stock["pixel_values"]) and torch.equal(full["input_ids"], stock["input_ids"])
+    assert torch.equal(full["pixel_values"], stock["pixel_values"])
+    assert torch.equal(full["input_ids"], stock["input_ids"])
     ours = run(wrap_processor(proc, alpha=0.3), floats, texts, do_rescale=False)
     regions = ours[REGIONS_KEY]
     counts = torch.bincount(regions[:, 0], minlength=len(images)).tolist()
@@ -602,11 +628,16 @@ def test_float_images_without_rescale(processors, patched, images, texts, backen
 
 
 @pytest.mark.parametrize("call, where", [
-    (lambda proc, images, texts: run(proc, images, texts, alhpa=0.3), r"'alhpa' in a Qwen2VLProcessor call \(did you mean 'alpha'\?\)"),
-    (lambda proc, images, texts: run(proc, images, texts, images_kwargs={"alhpa": 0.3}), r"'alhpa' in images_kwargs \(did you mean 'alpha'\?\)"),
-    (lambda proc, images, texts: run(proc, images, texts, images_kwargs={"colour": 1}), r"'colour' in images_kwargs\."),
-    (lambda proc, images, texts: run(proc, images, texts, videos_kwargs={"temporal_treshold": 0.1}), r"'temporal_treshold' in videos_kwargs \(did you mean 'temporal_threshold'\?\)"),
-    (lambda proc, images, texts: proc.image_processor(images, patch_selection_metod="v1"), r"did you mean 'patch_selection_method'"),
+    (lambda proc, images, texts: run(proc, images, texts, alhpa=0.3),
+     r"'alhpa' in a Qwen2VLProcessor call \(did you mean 'alpha'\?\)"),
+    (lambda proc, images, texts: run(proc, images, texts, images_kwargs={"alhpa": 0.3}),
+     r"'alhpa' in images_kwargs \(did you mean 'alpha'\?\)"),
+    (lambda proc, images, texts: run(proc, images, texts, images_kwargs={"colour": 1}),
+     r"'colour' in images_kwargs\."),
+    (lambda proc, images, texts: run(proc, images, texts, videos_kwargs={"temporal_treshold": 0.1}),
+     r"'temporal_treshold' in videos_kwargs \(did you mean 'temporal_threshold'\?\)"),
+    (lambda proc, images, texts: proc.image_processor(images, patch_selection_metod="v1"),
+     r"did you mean 'patch_selection_method'"),
 ])
 def test_misspelt_settings_raise(processors, images, texts, call, where):
     """A typo in a per-call setting names the setting and the valid ones, instead of running with the default."""

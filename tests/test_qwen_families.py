@@ -95,7 +95,10 @@ def test_budget_counts_per_image_and_video(family, media, mode):
     inputs = batch(wrap_processor(proc, alpha=0.3, mode=mode), media)
     encoded = prepare_inputs(model, inputs)["mm_encoder_outputs"]
     cfg = model.config
-    for key, modality, token in ((REGIONS_KEY, "image", cfg.image_token_id), (VIDEO_REGIONS_KEY, "video", cfg.video_token_id)):
+    for key, modality, token in (
+        (REGIONS_KEY, "image", cfg.image_token_id),
+        (VIDEO_REGIONS_KEY, "video", cfg.video_token_id),
+    ):
         regions = inputs[key]
         counts = torch.bincount(regions[:, 0], minlength=2).tolist()
         assert [len(f) for f in encoded[modality].pooler_output] == counts
@@ -190,7 +193,8 @@ def test_temporal_group_with_nothing_kept(family):
 def test_nothing_kept_at_all(family):
     """Drop mode with a budget of 0 for every image: no tower run, prompt without placeholders."""
     name, proc, model = family
-    inputs = run(wrap_processor(proc, alpha=0.01, mode="drop"), [textured_image(84, 84, 1)], None, prompts(proc, [[IMAGE, TEXT]]))
+    inputs = run(wrap_processor(proc, alpha=0.01, mode="drop"), [textured_image(84, 84, 1)], None,
+                 prompts(proc, [[IMAGE, TEXT]]))
     assert inputs[REGIONS_KEY].shape == (0, 5) and inputs["pixel_values"].shape[0] == 0
     assert not (inputs["input_ids"] == model.config.image_token_id).any()
     patch_model(model)
@@ -247,7 +251,7 @@ def test_temporal_score_spends_fewer_tokens_on_static_patches():
 
     a, b = per_group(plain), per_group(moved)
     assert b[0] == a[0]  # nothing before the first temporal patch
-    assert all(y <= x for x, y in zip(a, b))
+    assert all(y <= x for x, y in zip(a, b, strict=True))
     assert sum(b[1:4]) < sum(a[1:4])  # static shot: later patches barely change
     assert sum(b) < sum(a)
 
