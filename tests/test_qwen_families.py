@@ -284,8 +284,8 @@ def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_p
         loaded = torch.load(tmp_path / "model.pt", weights_only=False)
         assert type(loaded) is type(model) and torch.equal(logits(loaded, inputs), expected)
         assert torch.equal(logits(pickle.loads(pickle.dumps(model)), inputs), expected)
-        compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
-        assert torch.allclose(logits(compiled, inputs), expected, rtol=1e-5, atol=1e-5)
+        compiled = torch.compile(copy.deepcopy(model), backend="eager")
+        assert torch.equal(logits(compiled, inputs), expected)
         unpatch_model(copy_)
         with pytest.raises(ValueError, match="patch_model"):
             logits(copy_, inputs)
