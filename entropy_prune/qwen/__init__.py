@@ -1,8 +1,9 @@
 """Qwen-VL adapter: prune image and video tokens before the vision encoder.
 
 Needs ``pip install "entropy-prune[qwen]"``. Supported with transformers >= 5.16.1, < 5.25: Qwen2-VL,
-Qwen2.5-VL and Qwen3-VL (``*ForConditionalGeneration`` and ``*Model``), images and videos, both
-image-processor backends (torchvision and PIL). The family is detected from the objects.
+Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE (``*ForConditionalGeneration`` and
+``*Model``), images and videos, both image-processor backends (torchvision and PIL). The family is
+detected from the objects.
 
     processor = wrap_processor(AutoProcessor.from_pretrained(path), patch_selection_method="budget", alpha=0.3)
     model = patch_model(AutoModelForImageTextToText.from_pretrained(path))

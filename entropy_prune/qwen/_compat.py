@@ -82,10 +82,11 @@ PREPROCESS_KEYS = (
 normalisation arguments (in the order the stock methods take them), the geometry, the tensor type."""
 NORM_KEYS = PREPROCESS_KEYS[:5]
 
+_QWEN3_TOWER = ("position_ids", "cu_seqlens", "interp_indices", "interp_weights")
 TOWER_KEYWORDS = {
     "Qwen2-VL": ("position_ids", "cu_seqlens"),
     "Qwen2.5-VL": ("position_ids", "cu_seqlens", "window_index", "cu_window_seqlens"),
-    "Qwen3-VL": ("position_ids", "cu_seqlens", "interp_indices", "interp_weights"),
+    **dict.fromkeys(("Qwen3-VL", "Qwen3-VL-MoE", "Qwen3.5", "Qwen3.5-MoE"), _QWEN3_TOWER),
 }
 """Keywords through which each family's vision tower takes precomputed inputs instead of
 deriving them from the full grid (``transformers.vision_utils`` reads them from ``kwargs``)."""

@@ -18,7 +18,9 @@ ordered by (t, window, row, col) for the tower and un-permuted after; a region b
 of its representative unit; time positions scaled by ``second_per_grid_ts``); Qwen3-VL (learned
 position embedding interpolated for the full grid and gathered at each kept patch's (h, w);
 deepstack features split per item like the main features; one video item per temporal group, as
-its prompt has one timestamped group per temporal patch).
+its prompt has one timestamped group per temporal patch); Qwen3-VL-MoE (Qwen3-VL with an MoE LLM);
+Qwen3.5 and Qwen3.5-MoE (the Qwen3-VL tower without deepstack, a hybrid linear/full-attention LLM,
+which sees the same tokens in the same order).
 """
 
 from __future__ import annotations
@@ -33,14 +35,23 @@ from transformers import (
     Qwen2_5_VLModel,
     Qwen2VLForConditionalGeneration,
     Qwen2VLModel,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5Model,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5MoeModel,
     Qwen3VLForConditionalGeneration,
     Qwen3VLModel,
+    Qwen3VLMoeForConditionalGeneration,
+    Qwen3VLMoeModel,
 )
 
 from . import _compat
 
 __all__ = [
     "FAMILIES",
+    "Qwen3VLMoeFamily",
+    "Qwen3_5Family",
+    "Qwen3_5MoeFamily",
     "Qwen2VLFamily",
     "Qwen2_5VLFamily",
     "Qwen3VLFamily",
@@ -238,13 +249,49 @@ class Qwen3VLFamily(Qwen2VLFamily):
         kwargs["interp_indices"], kwargs["interp_weights"] = indices[row], weights[row]
         return kwargs
 
+    deepstack = True  # the tower also returns features of early blocks, added to the LLM's first layers
+
     def encode(self, base, pixel_values, grid_thw, regions):
         out = super().encode(base, pixel_values, grid_thw, regions)
-        out.deepstack_features = _compat.split_deepstack(out.deepstack_features, [len(x) for x in out.pooler_output])
+        if self.deepstack:
+            counts = [len(x) for x in out.pooler_output]
+            out.deepstack_features = _compat.split_deepstack(out.deepstack_features, counts)
         return out
 
 
-FAMILIES = (Qwen2VLFamily(), Qwen2_5VLFamily(), Qwen3VLFamily())
+class Qwen3VLMoeFamily(Qwen3VLFamily):
+    """Qwen3-VL-MoE: Qwen3-VL with a mixture-of-experts language model."""
+
+    name = "Qwen3-VL-MoE"
+    model_classes = (Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeModel)
+    base_class = Qwen3VLMoeModel
+
+
+class Qwen3_5Family(Qwen3VLFamily):
+    """Qwen3.5: the Qwen3-VL tower without deepstack; a hybrid (linear + full attention) LLM."""
+
+    name = "Qwen3.5"
+    model_classes = (Qwen3_5ForConditionalGeneration, Qwen3_5Model)
+    base_class = Qwen3_5Model
+    deepstack = False
+
+
+class Qwen3_5MoeFamily(Qwen3_5Family):
+    """Qwen3.5-MoE: Qwen3.5 with a mixture-of-experts language model."""
+
+    name = "Qwen3.5-MoE"
+    model_classes = (Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeModel)
+    base_class = Qwen3_5MoeModel
+
+
+FAMILIES = (
+    Qwen2VLFamily(),
+    Qwen2_5VLFamily(),
+    Qwen3VLFamily(),
+    Qwen3VLMoeFamily(),
+    Qwen3_5Family(),
+    Qwen3_5MoeFamily(),
+)
 
 
 def family_of(model: object) -> Qwen2VLFamily:

@@ -23,8 +23,14 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     Qwen3VLProcessor,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -33,7 +39,9 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoP
 
 from ._compat import MM_ENCODER_OUTPUTS
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+"""Every supported family; the last four share Qwen3-VL's processor (16 px patches)."""
+QWEN3_LIKE = FAMILIES[2:]
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -84,7 +92,7 @@ def make_processor(backend: str = "torchvision", family: str = "qwen2_vl"):
     Qwen3-VL uses 16 px patches (32 px units) and mean/std 0.5.
     """
     image_cls = {"torchvision": Qwen2VLImageProcessor, "pil": Qwen2VLImageProcessorPil}[backend]
-    if family == "qwen3_vl":
+    if family in QWEN3_LIKE:
         half = [0.5, 0.5, 0.5]
         image_processor = image_cls(size=dict(SIZE_QWEN3), patch_size=16, image_mean=half, image_std=half)
         video_processor = Qwen3VLVideoProcessor(
@@ -93,9 +101,7 @@ def make_processor(backend: str = "torchvision", family: str = "qwen2_vl"):
     else:
         image_processor = image_cls(size=dict(SIZE))
         video_processor = Qwen2VLVideoProcessor(size=dict(SIZE), cap_pixels_per_frame=False)
-    processor_cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[
-        family
-    ]
+    processor_cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}.get(family, Qwen3VLProcessor)
     return processor_cls(
         image_processor=image_processor,
         tokenizer=make_tokenizer(),
@@ -134,16 +140,31 @@ def make_config(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl"):
             tokens_per_second=2,
         )
     else:
-        cls = Qwen3VLConfig
+        cls = {
+            "qwen3_vl": Qwen3VLConfig,
+            "qwen3_vl_moe": Qwen3VLMoeConfig,
+            "qwen3_5": Qwen3_5Config,
+            "qwen3_5_moe": Qwen3_5MoeConfig,
+        }[family]
         text.update(head_dim=16)
         vision.update(
-            hidden_size=32,
-            intermediate_size=64,
-            out_hidden_size=64,
-            patch_size=16,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
+            hidden_size=32, intermediate_size=64, out_hidden_size=64, patch_size=16, num_position_embeddings=64
         )
+        if family.startswith("qwen3_vl"):
+            vision.update(deepstack_visual_indexes=[0])
+        if family.endswith("moe"):  # 4 experts, 2 per token
+            text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+        if family.startswith("qwen3_5"):  # one gated linear-attention layer, then full attention
+            text.update(
+                head_dim=64,
+                layer_types=["linear_attention", "full_attention"],
+                linear_key_head_dim=8,
+                linear_value_head_dim=8,
+                linear_num_key_heads=2,
+                linear_num_value_heads=4,
+            )
+        if family == "qwen3_5_moe":
+            text.update(shared_expert_intermediate_size=32)
     return cls(
         text_config=text,
         vision_config=vision,
@@ -162,6 +183,9 @@ def make_model(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl", see
         "qwen2_vl": Qwen2VLForConditionalGeneration,
         "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
         "qwen3_vl": Qwen3VLForConditionalGeneration,
+        "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration,
+        "qwen3_5": Qwen3_5ForConditionalGeneration,
+        "qwen3_5_moe": Qwen3_5MoeForConditionalGeneration,
     }[family]
     model = cls(config).eval()
     model.generation_config.pad_token_id = config.text_config.pad_token_id
@@ -218,7 +242,7 @@ def family_media(family: str):
     The stock Qwen3-VL video processor refuses fewer than 2 frames, so it gets a 2-frame clip."""
     images = [textured_image(112, 168, 0), textured_image(84, 84, 1)]
     odd = np.stack([textured_image(84, 112, s) for s in range(5)])
-    short = np.stack([textured_image(56, 84, 9)] * (2 if family == "qwen3_vl" else 1))
+    short = np.stack([textured_image(56, 84, 9)] * (2 if family in QWEN3_LIKE else 1))
     return images, [odd, short]
 
 
