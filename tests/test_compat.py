@@ -21,19 +21,12 @@ from entropy_prune.qwen._units import cut_regions  # noqa: E402
 from entropy_prune.qwen.families import family_of, full_grid_regions  # noqa: E402
 from entropy_prune.qwen.modeling import _mrope_positions  # noqa: E402
 from entropy_prune.qwen.testing import (  # noqa: E402
-    FAMILIES,
     batch,
     family_media,
     make_model,
     make_processor,
     textured_image,
 )
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    proc = make_processor(family=request.param)
-    return request.param, proc, make_model(proc.tokenizer, request.param)
 
 
 def test_version_check_names_the_range():

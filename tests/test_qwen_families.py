@@ -23,7 +23,6 @@ from entropy_prune.qwen import (  # noqa: E402
 )
 from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS  # noqa: E402
 from entropy_prune.qwen.testing import (  # noqa: E402
-    FAMILIES,
     IMAGE,
     QWEN3_LIKE,
     TEXT,
@@ -38,13 +37,6 @@ from entropy_prune.qwen.testing import (  # noqa: E402
     prompts,
     textured_image,
 )
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    proc = make_processor(family=request.param)
-    model = make_model(proc.tokenizer, request.param)
-    return request.param, proc, model
 
 
 @pytest.fixture(scope="module")
