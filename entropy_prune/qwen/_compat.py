@@ -111,9 +111,12 @@ def rgb_array(image_processor: Any, image: Any, do_convert_rgb: bool | None) -> 
     the processor's ``convert_to_rgb`` (PIL ``convert("RGB")``)."""
     if not do_convert_rgb:
         return np.array(image)
-    if "return_numpy" in inspect.signature(transformers.image_transforms.convert_to_rgb).parameters:
+    if _CONVERT_TO_NUMPY:
         return transformers.image_transforms.convert_to_rgb(image, return_numpy=True)
     return np.array(image_processor.convert_to_rgb(image))
+
+
+_CONVERT_TO_NUMPY = "return_numpy" in inspect.signature(transformers.image_transforms.convert_to_rgb).parameters
 
 
 def set_valid_kwargs(processor: Any) -> None:
