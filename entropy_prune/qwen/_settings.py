@@ -45,9 +45,10 @@ def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool)
         if not (strict or close):
             continue
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        others = sorted(valid - set(SETTINGS)) if strict else []
         raise TypeError(
             f"unknown setting {key!r} in {where}{hint}. Selection settings: {sorted(SETTINGS)}"
-            + (f"; other valid keys: {sorted(valid - set(SETTINGS))}" if strict else "")
+            + (f"; other valid keys: {others}" if others else "")
         )
 
 
@@ -59,9 +60,7 @@ def keeps_all(settings: dict) -> bool:
 
 def check(settings: dict) -> None:
     """Raise ValueError/TypeError now for settings the core selection would reject."""
-    unknown = set(settings) - set(SETTINGS)
-    if unknown:
-        raise TypeError(f"unknown selection setting(s) {sorted(unknown)}; valid: {sorted(SETTINGS)}")
+    check_call_keywords(settings, set(SETTINGS), "the selection settings", True)
     keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score")
     check_selection(*(settings[k] for k in keys))
     if settings["temporal_threshold"] is not None:

@@ -417,9 +417,7 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
         given["patch_selection_method"] = patch_selection_method
     if alpha is not UNSET:
         given["alpha"] = alpha
-    unknown = set(given) - set(SETTINGS)
-    if unknown:
-        raise TypeError(f"unknown selection setting(s) {sorted(unknown)}; valid: {sorted(SETTINGS)}")
+    check_call_keywords(given, set(SETTINGS), "wrap_processor's settings", True)
     if isinstance(processor, ProcessorMixin):
         if not isinstance(processor, _PROCESSORS):
             raise TypeError(
