@@ -185,6 +185,14 @@ def prepare_inputs(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[st
         ValueError: the kept regions do not match the pixel rows / grids / the placeholders in
             ``input_ids``, or ``position_ids`` / ``mm_encoder_outputs`` / ``inputs_embeds`` are
             passed as well.
+
+    >>> from entropy_prune.qwen import wrap_processor
+    >>> from entropy_prune.qwen.testing import IMAGE, TEXT, make_model, make_processor, prompts, textured_image
+    >>> processor = wrap_processor(make_processor(), alpha=0.5)
+    >>> inputs = processor(images=[textured_image(112, 112, 0)], text=prompts(processor, [[IMAGE, TEXT]]),
+    ...                    return_tensors="pt")
+    >>> sorted(prepare_inputs(make_model(processor.tokenizer), inputs))
+    ['attention_mask', 'image_grid_thw', 'input_ids', 'mm_encoder_outputs', 'mm_token_type_ids', 'position_ids']
     """
     family = family_of(model)
     inputs = dict(inputs)
@@ -315,6 +323,17 @@ def patch_model(model: torch.nn.Module) -> torch.nn.Module:
     Idempotent; undo with :func:`unpatch_model`. Inputs without ``image_kept_regions`` /
     ``video_kept_regions`` go to the stock methods untouched. Returns ``model``.
     TypeError for a model outside the supported Qwen-VL families.
+
+    >>> from entropy_prune.qwen import wrap_processor
+    >>> from entropy_prune.qwen.testing import IMAGE, TEXT, make_model, make_processor, prompts, textured_image
+    >>> processor = wrap_processor(make_processor(), alpha=0.5, mode="drop")
+    >>> model = patch_model(make_model(processor.tokenizer))
+    >>> inputs = processor(images=[textured_image(112, 112, 0)], text=prompts(processor, [[IMAGE, TEXT]]),
+    ...                    return_tensors="pt")
+    >>> int((inputs["input_ids"] == model.config.image_token_id).sum())  # one placeholder per kept unit
+    8
+    >>> model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+    True
     """
     family_of(model)
     if not isinstance(model, _Patched):

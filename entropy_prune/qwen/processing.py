@@ -411,6 +411,12 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     Raises:
         TypeError: not a Qwen-VL processor, or an unknown setting.
         ValueError: a setting :func:`entropy_prune.select_patches` rejects.
+
+    >>> from entropy_prune.qwen.testing import make_processor, textured_image
+    >>> processor = wrap_processor(make_processor(), alpha=0.5, mode="drop")
+    >>> out = processor.image_processor([textured_image(112, 112, 0)], return_tensors="pt")
+    >>> len(out["image_kept_regions"]), tuple(out["pixel_values"].shape)  # 8 of 16 units, 4 rows each
+    (8, (32, 1176))
     """
     given = dict(settings)
     if patch_selection_method is not UNSET:
