@@ -10,7 +10,9 @@ with the resized image, next to two baselines with the same token count:
             down like the processor, then bilinear back up to the resized size (the same
             up-scaling kernel `reconstruct` uses for coarse regions, so only what was kept differs);
   random  - the same budget selection driven by random scores (seeded).
-Gains are in dB of PSNR over uniform (positive = the selection keeps more of the image).
+Gains are in dB of PSNR over uniform (positive = the selection keeps more of the image); each
+row names its worst image. A second table does the same for small images (a few photographs
+resized to 16 x 16 down to 6 x 6 cells), where a quadtree has the least room.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text"]
 MODES = ("multiscale", "drop")
+SMALL_SOURCES = ("astronaut", "chelsea", "coffee")
+SMALL_CELLS = (16, 12, 8, 6)  # small images: n x n cells of 28 px, where a quadtree has least room
 
 
 def resize(img: np.ndarray, h: int, w: int, resample: int = Image.BICUBIC) -> np.ndarray:
@@ -46,6 +50,17 @@ def load(name: str) -> np.ndarray:
     img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
     h, w = smart_resize(img.shape[0], img.shape[1], UNIT, MIN_PIXELS, MAX_PIXELS)
     return resize(img, h, w)
+
+
+def load_small(name: str) -> np.ndarray:
+    """``"photo@n"``: the skimage photograph ``photo`` resized (bicubic) to n x n cells of 28 px."""
+    photo, n = name.split("@")
+    img = getattr(data, photo)()
+    img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
+    return resize(img, int(n) * UNIT, int(n) * UNIT)
+
+
+SMALL = [f"{photo}@{n}" for photo in SMALL_SOURCES for n in SMALL_CELLS]
 
 
 def quality(ref: np.ndarray, img: np.ndarray) -> tuple[float, float]:
@@ -62,11 +77,11 @@ def uniform(img: np.ndarray, tokens: int) -> tuple[np.ndarray, int]:
 
 def run(alphas: list[float], seed: int = 0) -> list[dict]:
     rows = []
-    jobs = [(name, alpha) for name in PHOTOS for alpha in alphas]
+    jobs = [(name, alpha) for name in PHOTOS + SMALL for alpha in alphas]
     cache = {}
     for name, alpha in tqdm(jobs, desc="fidelity", unit="image x alpha"):
         if name not in cache:
-            img = load(name)
+            img = load_small(name) if "@" in name else load(name)
             cache.clear()
             cache[name] = (img, {s: score_maps(img, s, patch_size=UNIT) for s in SCORES})
         img, maps = cache[name]
@@ -86,8 +101,9 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict]) -> None:
-    print(f"\n{'mode':<10} {'score':<8} {'alpha':>5} {'tokens':>7} {'PSNR':>6} {'uniform':>8} {'random':>7} "
+def summary(rows: list[dict], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'mode':<10} {'score':<8} {'alpha':>5} {'tokens':>7} {'PSNR':>6} {'uniform':>8} {'random':>7} "
           f"{'gain dB':>8} {'min gain':>9} {'worst image':<22} {'SSIM':>5} {'uni':>5} {'rand':>5}")
     keys = sorted({(r["mode"], r["score"], r["alpha"]) for r in rows}, key=lambda k: (MODES.index(k[0]), k[1], k[2]))
     for mode, score, alpha in keys:
@@ -143,7 +159,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("fidelity.png"), help="plot of per-image gains")
     args = parser.parse_args()
     rows = run(args.alphas)
-    summary(rows)
+    summary([r for r in rows if "@" not in r["image"]], f"{len(PHOTOS)} photographs at the processor's size")
+    summary([r for r in rows if "@" in r["image"]],
+            f"small images: {', '.join(SMALL_SOURCES)} at {' / '.join(f'{n}x{n}' for n in SMALL_CELLS)} cells")
     focus = 0.3 if 0.3 in args.alphas else args.alphas[0]
     per_image(rows, focus)
     plot(rows, focus, args.out)
