@@ -259,13 +259,15 @@ def _call(model: torch.nn.Module, stock: Any, first: str, args: tuple, kwargs: d
     parameter after ``self``) of a patched model on a wrapped processor's output or
     :func:`prepare_inputs`' result. ``stock`` is called with ``model`` explicitly: Dynamo, resuming
     after a graph break, rebuilt a bound method as the patched one (endless recursion)."""
+    bound = functools.partial(stock, model)
     if _has_regions(kwargs):
-        args, kwargs = (), prepare_inputs(model, _with_input_ids(functools.partial(stock, model), first, args, kwargs))
+        args, kwargs = (), prepare_inputs(model, _with_input_ids(bound, first, args, kwargs))
     if kwargs.get("mm_encoder_outputs") is None or _compat.MM_ENCODER_OUTPUTS:
-        return stock(model, *args, **kwargs)
-    kwargs = _with_input_ids(functools.partial(stock, model), first, args, kwargs)
+        return bound(*args, **kwargs)
+    if args:  # prepare_inputs' result passed with positional arguments
+        kwargs = _with_input_ids(bound, first, args, kwargs)
     expand = _expand_size(model, kwargs) if first == "inputs" else 1
-    return _compat.encoder_outputs_call(functools.partial(stock, model), family_of(model).base(model), kwargs, expand)
+    return _compat.encoder_outputs_call(bound, family_of(model).base(model), kwargs, expand)
 
 
 class _Patched:
