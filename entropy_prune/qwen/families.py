@@ -151,11 +151,17 @@ class Qwen2VLFamily:
         _, counts = torch.unique_consecutive(keys, return_counts=True)
         return F.pad((counts * m * m).cumsum(0, dtype=torch.int32), (1, 0))
 
-    def tower_kwargs(self, base: torch.nn.Module, grid_thw: torch.Tensor, regions: torch.Tensor) -> dict[str, Any]:
-        """Precomputed tower inputs for the kept units: rotary ``position_ids`` and per-frame ``cu_seqlens``."""
+    def tower_layout(self, base: torch.nn.Module, grid_thw: torch.Tensor, regions: torch.Tensor) -> dict[str, Any]:
+        """Where the kept units sit in the tower, from the config alone: rotary ``position_ids``
+        (n * m*m, 2) and per-frame ``cu_seqlens`` (Qwen2.5-VL adds its windows). The vLLM plugin
+        builds its towers' inputs from this too."""
         m = self.merge_size(base)
         frame = regions[:, 0] * (int(grid_thw[:, 0].max()) if len(grid_thw) else 1) + regions[:, 2]
         return {"position_ids": self.vision_position_ids(m, regions), "cu_seqlens": self.segments(frame, m)}
+
+    def tower_kwargs(self, base: torch.nn.Module, grid_thw: torch.Tensor, regions: torch.Tensor) -> dict[str, Any]:
+        """Precomputed keywords of the transformers tower for the kept units."""
+        return self.tower_layout(base, grid_thw, regions)
 
     def encode(
         self, base: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, regions: torch.Tensor
@@ -193,8 +199,10 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
         second = second.cpu() if isinstance(second, torch.Tensor) else second
         return (torch.arange(grid_t) * (base.config.vision_config.tokens_per_second * second)).long()
 
-    def tower_kwargs(self, base, grid_thw, regions):
-        kwargs = super().tower_kwargs(base, grid_thw, regions)
+    def tower_layout(self, base, grid_thw, regions):
+        """Adds ``window_index`` (n,), the kept units in (item, t, window, row, col) order, and
+        ``cu_window_seqlens`` over patches in that order."""
+        kwargs = super().tower_layout(base, grid_thw, regions)
         m = self.merge_size(base)
         cfg = base.config.vision_config
         units = cfg.window_size // m // cfg.patch_size  # window side in units
@@ -231,21 +239,25 @@ class Qwen3VLFamily(Qwen2VLFamily):
         flat = torch.cat(group_regions) if group_regions else regions
         return super().items(base, modality, torch.tensor(groups, dtype=torch.long).reshape(-1, 3), flat, inputs)
 
-    def tower_kwargs(self, base, grid_thw, regions):
-        kwargs = super().tower_kwargs(base, grid_thw, regions)
-        m = self.merge_size(base)
-        visual = base.visual
-        # On the tower's device, as the stock tower computes it (same float arithmetic).
-        indices, weights = _compat.interpolation(visual, grid_thw, m)
-        # Full-grid rows are block-major per frame: row of patch (h, w) in frame t of item i.
+    @staticmethod
+    def full_grid_rows(grid_thw: torch.Tensor, regions: torch.Tensor, position_ids: torch.Tensor, m: int):
+        """(n * m*m,) row, in the full grids' tower layout, of the patch whose learned position
+        embedding each kept patch takes: the patch at its rotary ``position_ids`` (h, w) in its
+        item and frame. Full-grid rows are block-major per frame (merge unit, then row in it)."""
         t, h, w = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]
         start = torch.cumsum(t * h * w, 0) - t * h * w
         item = regions[:, 0].repeat_interleave(m * m)
         frame = regions[:, 2].repeat_interleave(m * m)
-        ph, pw = kwargs["position_ids"].unbind(1)
+        ph, pw = position_ids.unbind(1)
         unit = (ph // m) * (w[item] // m) + pw // m
-        row = start[item] + frame * h[item] * w[item] + (unit * m + ph % m) * m + pw % m
-        row = row.to(indices.device)
+        return start[item] + frame * h[item] * w[item] + (unit * m + ph % m) * m + pw % m
+
+    def tower_kwargs(self, base, grid_thw, regions):
+        kwargs = super().tower_kwargs(base, grid_thw, regions)
+        m = self.merge_size(base)
+        # On the tower's device, as the stock tower computes it (same float arithmetic).
+        indices, weights = _compat.interpolation(base.visual, grid_thw, m)
+        row = self.full_grid_rows(grid_thw, regions, kwargs["position_ids"], m).to(indices.device)
         kwargs["interp_indices"], kwargs["interp_weights"] = indices[row], weights[row]
         return kwargs
 
