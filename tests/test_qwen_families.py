@@ -249,6 +249,21 @@ def test_temporal_score_spends_fewer_tokens_on_static_patches():
     assert sum(b) < sum(a)
 
 
+def test_temporal_score_on_frames_smaller_than_the_coarsest_region(family):
+    # 3 x 4 units per frame: no 4 x 4-unit (level 3) region fits; the temporal score skips that
+    # level (it raised in avg_pool2d) and the count matches the same selection without it.
+    _, proc, _ = family
+    clip = np.stack([textured_image(84, 112, s) for s in range(4)])
+    size = {"shortest_edge": 56 * 56, "longest_edge": 84 * 112} if family[0] not in QWEN3_LIKE else None
+    kwargs = {"size": size} if size else {}
+    out = wrap_processor(proc.video_processor, alpha=0.5, temporal_threshold=0.05)([clip], return_tensors="pt",
+                                                                                  **kwargs)
+    grid = out["video_grid_thw"][0].tolist()
+    assert grid[0] == 2 and (grid[1] // 2 < 4 or grid[2] // 2 < 4)
+    counts = torch.bincount(out[VIDEO_REGIONS_KEY][:, 2], minlength=2)
+    assert bool((counts > 0).all())
+
+
 def test_bad_temporal_threshold(family):
     _, proc, _ = family
     for bad, error in ((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), ("0.1", TypeError)):

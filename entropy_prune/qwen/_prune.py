@@ -84,6 +84,8 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
         before = np.mean([_luma01(x) for x in previous], axis=0)
         diff = torch.from_numpy(np.abs(now - before).astype(np.float64))[None, None]
         for k in range(len(levels)):
+            if not levels[k].size:  # a frame smaller than this level's block has no such region
+                continue
             change = F.avg_pool2d(diff, unit_px << k)[0, 0].numpy()[: levels[k].shape[0], : levels[k].shape[1]]
             levels[k] = levels[k] * np.minimum(1.0, change / tau)
     keys = ("alpha", "thresholds", "mode")
