@@ -12,8 +12,10 @@ reconstructed values, so with tau > 0 every pixel's error stays <= tau. Kept uni
 positions; pruned ones are shown as their prediction. The unit (0, 0) is always kept.
 
 Per image (resized like the Qwen2-VL processor, <= 1280 tokens): PixelPrune's kept tokens and
-PSNR of what it shows, then at the same token count the library (``budget`` multiscale,
-``detail`` score) and Qwen's uniform down-scaling, as in ``bench_fidelity``.
+PSNR of what it shows; the library's own predictable-cell removal at the same tolerance alone
+(``select_patches(image, None, tolerance=tau)``: its kept tokens and PSNR); then at PixelPrune's
+token count the library's budget (multiscale, ``detail`` score) without and with that removal
+as its first step, and Qwen's uniform down-scaling, as in ``bench_fidelity``.
 """
 
 from __future__ import annotations
@@ -77,13 +79,19 @@ def psnr(ref: np.ndarray, img: np.ndarray) -> float:
 
 
 def compare(name: str, image: np.ndarray, tau: float) -> dict:
-    """PixelPrune at ``tau`` and, at its token count, the library and uniform down-scaling."""
+    """PixelPrune at ``tau``; the library's removal of predictable cells at ``tau`` alone; at
+    PixelPrune's token count the library's budget without and with that removal, and uniform
+    down-scaling."""
     keep, shown = pixelprune(to_units(image), tau)
     tokens, cells = int(keep.sum()), keep.size
+    alone = select_patches(image, None, patch_size=UNIT, tolerance=tau)
     sel = select_patches(image, "budget", tokens / cells, patch_size=UNIT, score="detail")
+    first = select_patches(image, "budget", tokens / cells, patch_size=UNIT, score="detail", tolerance=tau)
     uni, _ = uniform(image, sel.num_tokens)
     return dict(image=name, tau=tau, cells=cells, tokens=tokens, pixelprune=psnr(image, from_units(shown)),
+                lossless_tokens=alone.num_tokens, lossless=psnr(image, reconstruct(image, alone, UNIT)),
                 library_tokens=sel.num_tokens, library=psnr(image, reconstruct(image, sel, UNIT)),
+                first_tokens=first.num_tokens, first=psnr(image, reconstruct(image, first, UNIT)),
                 uniform=psnr(image, uni))
 
 
@@ -103,20 +111,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if any(not np.isfinite(t) or t < 0 for t in args.tau):
         parser.error(f"--tau must be finite numbers >= 0, got {args.tau}")
     rows = [compare(name, img, tau) for name, img in images(args.quick) for tau in args.tau]
-    header = f"{'image':<22} {'tau':>4} {'cells':>6} {'kept':>6}  {'PixelPrune':>10} {'library':>8} {'uniform':>8}"
-    print(header + "  (PSNR dB)")
+    print("tokens kept (of cells) and PSNR dB of what is shown (inf = exact); budget columns at PixelPrune's count")
+    print(f"{'image':<22} {'tau':>4} {'cells':>6} {'PixelPrune':>16} {'library alone':>16} "
+          f"{'budget':>7} {'budget+pred':>11} {'uniform':>8}")
     for r in rows:
-        print(f"{r['image']:<22} {r['tau']:>4g} {r['cells']:>6} {r['tokens'] / r['cells']:>6.1%}  "
-              f"{r['pixelprune']:>10.2f} {r['library']:>8.2f} {r['uniform']:>8.2f}")
+        print(f"{r['image']:<22} {r['tau']:>4g} {r['cells']:>6} {r['tokens']:>6} {r['pixelprune']:>9.2f} "
+              f"{r['lossless_tokens']:>6} {r['lossless']:>9.2f} {r['library']:>7.2f} {r['first']:>11.2f} "
+              f"{r['uniform']:>8.2f}")
     for kind, is_doc in (("documents", True), ("photos", False)):
         for tau in args.tau:
             sub = [r for r in rows if r["image"].startswith("doc:") == is_doc and r["tau"] == tau]
             if sub:
-                kept = statistics.fmean(r["tokens"] / r["cells"] for r in sub)
-                medians = {k: statistics.median(r[k] for r in sub) for k in ("pixelprune", "library", "uniform")}
+                kept = {k: statistics.fmean(r[k] / r["cells"] for r in sub) for k in ("tokens", "lossless_tokens")}
+                fewer = sum(r["lossless_tokens"] < r["tokens"] for r in sub)
+                medians = {k: statistics.median(r[k] for r in sub)
+                           for k in ("pixelprune", "lossless", "library", "first", "uniform")}
                 exact = sum(r["pixelprune"] == float("inf") for r in sub)
-                print(f"{kind:<10} tau {tau:g}: kept {kept:.1%} (mean), PixelPrune exact on {exact}/{len(sub)}; "
-                      f"median PSNR PixelPrune {medians['pixelprune']:.2f}, library {medians['library']:.2f}, "
+                print(f"{kind:<10} tau {tau:g}: kept {kept['tokens']:.1%} PixelPrune, {kept['lossless_tokens']:.1%} "
+                      f"library alone (mean; fewer on {fewer}/{len(sub)}), PixelPrune exact on {exact}/{len(sub)}; "
+                      f"median PSNR PixelPrune {medians['pixelprune']:.2f}, library alone {medians['lossless']:.2f}, "
+                      f"budget {medians['library']:.2f}, budget+pred {medians['first']:.2f}, "
                       f"uniform {medians['uniform']:.2f} dB")
     return rows
 

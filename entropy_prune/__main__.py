@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="multiscale", choices=MODES)
     parser.add_argument("--score", choices=SCORES, help="default: detail for budget, entropy otherwise")
     parser.add_argument("--patch-size", type=int, default=28, help="base cell side in pixels, >= 1")
+    parser.add_argument("--tolerance", type=float,
+                        help="also remove cells their left / upper neighbours predict within this many 8-bit levels "
+                             "per pixel value, in [0, 255] (0: exactly); default: off")
     parser.add_argument("--out", type=Path, default=Path("selection.png"),
                         help="PNG to write: the image with the kept regions outlined, a heatmap of the score and a "
                              f"legend, scaled down to at most {MAX_SIDE} px on its long side (default: selection.png)")
@@ -108,6 +111,10 @@ def _checked_input(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         check_settings(args.method, args.alpha, None, 3, args.mode, args.score)
     except ValueError as e:
         _fail(parser, "--alpha", e)
+    try:
+        check_settings(args.method, args.alpha, None, 3, args.mode, args.score, args.tolerance)
+    except ValueError as e:
+        _fail(parser, "--tolerance", e)
     try:
         _check_out(args.out)
     except ValueError as e:
@@ -143,17 +150,26 @@ def main(argv: list[str] | None = None) -> int:
             cache[score] = score_maps(image, score, patch_size=args.patch_size, value_range=value_range)
         return score, cache[score]
 
-    print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, mode {args.mode}")
+    def select(name: str, alpha: float):
+        """Selection and score name; from the cached maps unless cells are predicted from pixels."""
+        score, maps = maps_for(name)
+        if args.tolerance is None:
+            return select_patches(maps, name, alpha, mode=args.mode), score, maps
+        sel = select_patches(image, name, alpha, patch_size=args.patch_size, mode=args.mode, score=score,
+                             value_range=value_range, tolerance=args.tolerance)
+        return sel, score, maps
+
+    removes = "" if args.tolerance is None else f", predictable cells removed (tolerance {args.tolerance:g})"
+    print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, "
+          f"mode {args.mode}{removes}")
     print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}")
     for name, alpha in _SWEEP:
-        score, maps = maps_for(name)
-        sel = select_patches(maps, name, alpha if alpha is not None else 0.3, mode=args.mode)
+        sel, score, _ = select(name, alpha if alpha is not None else 0.3)
         shown = "-" if alpha is None else f"{alpha:g}"
         kept = sel.num_tokens / sel.num_cells
         print(f"{name:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {kept:>6.1%}")
-    score, maps = maps_for(method)
-    sel = select_patches(maps, method, args.alpha, mode=args.mode)
-    used = _settings_used(method, args, sel)
+    sel, score, maps = select(method, args.alpha)
+    used = _settings_used(method, args, sel) + ("" if args.tolerance is None else f" tolerance={args.tolerance:g}")
     setting = f"{args.method}{used} score={score}: {sel.num_tokens} of {sel.num_cells} tokens"
     picture = render_selection(image, sel, maps, args.patch_size,
                                title=f"{setting} ({sel.num_tokens / sel.num_cells:.1%})", value_range=value_range)

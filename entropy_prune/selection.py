@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ._image import cells_to_pixels, check_int, check_real, is_torch, to_numpy
+from ._image import cells_to_pixels, check_image, check_int, check_real, is_torch, to_numpy
 from .scores import SCORES, ScoreMaps, score_maps
 
 __all__ = ["METHODS", "MODES", "Selection", "check_settings", "default_score", "select_patches"]
@@ -48,6 +48,9 @@ class Selection:
             region of level k is that block.
         regions: int64 (num_tokens, 3): (level, row, col) of each region's top-left base cell,
             in raster order of (row, col).
+        tolerance: the ``tolerance`` setting (8-bit levels), else None.
+        predicted: bool (rows, cols): base cells removed as predictable (label 0, no token);
+            :func:`reconstruct` shows them as their prediction. All False without ``tolerance``.
 
     Example:
         >>> import numpy as np
@@ -65,6 +68,8 @@ class Selection:
     label_map: np.ndarray
     masks: tuple[np.ndarray, ...]
     regions: np.ndarray
+    tolerance: float | None
+    predicted: np.ndarray
 
     @property
     def num_cells(self) -> int:
@@ -158,6 +163,120 @@ def _check_maps(maps: Any) -> tuple[list[np.ndarray], np.ndarray]:
     return out, partial
 
 
+def _check_tolerance(tolerance: Any) -> float | None:
+    """tolerance as a float in [0, 255] (8-bit levels), or None."""
+    if tolerance is None:
+        return None
+    return check_real("tolerance", tolerance, low=0, high=255,
+                      meaning="largest error per pixel value of a removed cell, in 8-bit levels; or None")
+
+
+def _unit_grid(arr: np.ndarray, p: int) -> np.ndarray:
+    """(rows, p, cols, p, C) view of the whole p x p cells of a channels-last (H, W[, C]) image."""
+    x = arr if arr.ndim == 3 else arr[..., None]
+    rows, cols = x.shape[0] // p, x.shape[1] // p
+    return x[: rows * p, : cols * p].reshape(rows, p, cols, p, x.shape[2])
+
+
+def _close(x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
+    """(n,) True where units x[i] and y[i] ((n, p, p, C), y may broadcast) differ by at most tol
+    in every value."""
+    n = x.shape[0]
+    if tol == 0:
+        return np.broadcast_to(x == y, x.shape).reshape(n, -1).all(1)
+    diff = np.abs(x.astype(np.float64) - y)
+    return np.broadcast_to(diff, x.shape).reshape(n, -1).max(1) <= tol
+
+
+def _predict(grid: np.ndarray, r: np.ndarray, c: np.ndarray, tol: float) -> np.ndarray:
+    """Predictions (n, p, p, C) of the units at (r, c) (none at (0, 0)) from their left (A), upper
+    (B) and upper-left (C) neighbours in ``grid`` (a :func:`_unit_grid`), which must already hold
+    what is shown there. First row: A; first column: B. Elsewhere PixelPrune's LOCO-I rule, B if
+    C ~ A and not C ~ B, else A, except where neither holds: then A's last pixel column extended
+    across the unit if that extension of C gives B, else B's last pixel row extended down if that
+    extension of C gives A (a new band or block right of or below an edge). ~ is equality within
+    ``tol`` in every value."""
+    a = grid[r, :, np.maximum(c - 1, 0)]
+    b = grid[np.maximum(r - 1, 0), :, c]
+    pred = np.where((c > 0)[:, None, None, None], a, b)
+    inner = np.flatnonzero((r > 0) & (c > 0))
+    if inner.size:
+        ai, bi = a[inner], b[inner]
+        ci = grid[r[inner] - 1, :, c[inner] - 1]
+        vertical, horizontal = _close(ci, ai, tol), _close(ci, bi, tol)
+        neither = ~vertical & ~horizontal
+        extend_left = neither & _close(bi, ci[:, :, -1:], tol)
+        extend_up = neither & ~extend_left & _close(ai, ci[:, -1:], tol)
+        out = ai.copy()
+        out[vertical & ~horizontal] = bi[vertical & ~horizontal]
+        out[extend_left] = np.broadcast_to(ai[extend_left][:, :, -1:], ai[extend_left].shape)
+        out[extend_up] = np.broadcast_to(bi[extend_up][:, -1:], bi[extend_up].shape)
+        pred[inner] = out
+    return pred
+
+
+def _diagonals(rows: int, cols: int):
+    """(r, c) index arrays of each anti-diagonal of a rows x cols grid after (0, 0), in order:
+    every unit's left, upper and upper-left neighbours lie on earlier ones."""
+    for d in range(1, rows + cols - 1):
+        r = np.arange(max(0, d - cols + 1), min(d, rows - 1) + 1)
+        yield r, d - r
+
+
+def _tolerance_units(tolerance: float, rng: tuple[float, float]) -> float:
+    """tolerance in 8-bit levels -> in the image's units (its range mapped to [0, 255])."""
+    return tolerance * (rng[1] - rng[0]) / 255.0
+
+
+def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``shape`` (the base grid): whole cells that their prediction (:func:`_predict`, from
+    what is shown of their neighbours) gives within ``tol`` (image units) in every value, in
+    raster dependency order; a removed cell is shown as its prediction, so each value's error is
+    at most ``tol``. Cell (0, 0) and cells cut by the image edge are never removed."""
+    out = np.zeros(shape, dtype=bool)
+    grid = _unit_grid(arr, p)
+    rows, cols = grid.shape[0], grid.shape[2]
+    if rows == 0 or cols == 0:
+        return out
+    if tol == 0:  # what is shown is the image itself: every comparison at once
+        out[:rows, :cols] = _predictable_exact(grid)
+        return out
+    shown = grid.copy()
+    for r, c in _diagonals(rows, cols):
+        pred = _predict(shown, r, c, tol)
+        ok = _close(grid[r, :, c], pred, tol)
+        out[r[ok], c[ok]] = True
+        shown[r[ok], :, c[ok]] = pred[ok]
+    return out
+
+
+def _predictable_exact(grid: np.ndarray) -> np.ndarray:
+    """:func:`_predictable` at tolerance 0 on a (rows, p, cols, p, C) unit grid: bool (rows, cols)."""
+    rows, cols = grid.shape[0], grid.shape[2]
+    left = np.zeros((rows, cols), dtype=bool)  # X == A
+    up = np.zeros((rows, cols), dtype=bool)  # X == B
+    ext_left = np.zeros((rows, cols), dtype=bool)  # X == A's last column, extended
+    ext_up = np.zeros((rows, cols), dtype=bool)  # X == B's last row, extended
+    left[:, 1:] = (grid[:, :, 1:] == grid[:, :, :-1]).all((1, 3, 4))
+    up[1:] = (grid[1:] == grid[:-1]).all((1, 3, 4))
+    # X equals an extension iff it is constant along that axis and its first column (row) equals
+    # the neighbour's last one (comparing shifted views: a broadcast compare is ~10x slower)
+    flat_rows = (grid[:, :, :, 1:] == grid[:, :, :, :-1]).all((1, 3, 4))
+    flat_cols = (grid[:, 1:] == grid[:, :-1]).all((1, 3, 4))
+    ext_left[:, 1:] = flat_rows[:, 1:] & (grid[:, :, 1:, 0] == grid[:, :, :-1, -1]).all((1, 3))
+    ext_up[1:] = flat_cols[1:] & (grid[1:, 0] == grid[:-1, -1]).all((2, 3))
+    ok = np.zeros((rows, cols), dtype=bool)
+    ok[0, 1:] = left[0, 1:]
+    ok[1:, 0] = up[1:, 0]
+    vertical, horizontal = up[1:, :-1], left[:-1, 1:]  # C == A, C == B
+    neither = ~vertical & ~horizontal
+    extend_left = neither & ext_left[:-1, 1:]  # extending C's last column gives B
+    extend_up = neither & ~extend_left & ext_up[1:, :-1]  # extending C's last row gives A
+    ok[1:, 1:] = np.where(vertical & ~horizontal, up[1:, 1:],
+                          np.where(extend_left, ext_left[1:, 1:], np.where(extend_up, ext_up[1:, 1:], left[1:, 1:])))
+    return ok
+
+
 def _coarsest_tiling(maps: list[np.ndarray]) -> np.ndarray:
     """Label map of the tiling that uses the coarsest whole block around every cell."""
     label = np.ones(maps[0].shape, dtype=np.int8)
@@ -180,46 +299,75 @@ def _threshold_tiling(maps: list[np.ndarray], thresholds: Sequence[float], inclu
     return label
 
 
-def _budget_tiling(maps: list[np.ndarray], budget: int) -> tuple[np.ndarray, bool]:
-    """Split regions of the coarsest tiling (+3 tokens each) in descending score order."""
+def _block_counts(predicted: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """counts[k-1]: int (rows_k, cols_k), how many base cells of each level-k block are not
+    predicted (0: the whole block is removed, no token)."""
+    counts = [(~predicted).astype(np.int64)]
+    for rk, ck in shapes[1:]:
+        prev = counts[-1][: 2 * rk, : 2 * ck]
+        counts.append(prev.reshape(rk, 2, ck, 2).sum((1, 3)))
+    return counts
+
+
+def _budget_tiling(maps: list[np.ndarray], budget: int, predicted: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Split regions of the coarsest tiling in descending order of score per token added, while
+    the tokens fit: a split adds 3 tokens, or fewer where children are wholly ``predicted``
+    (bool, base grid) and cost none; a wholly predicted split is free."""
     label = _coarsest_tiling(maps)
-    start = int(sum((label[::1 << (k - 1), ::1 << (k - 1)] == k).sum() for k in range(1, len(maps) + 1)))
+    shapes = [m.shape for m in maps]
+    tokens = [c > 0 for c in _block_counts(predicted, shapes)]  # does a block cost a token?
+    start = sum(int((t & (label[:: 1 << k, :: 1 << k][: t.shape[0], : t.shape[1]] == k + 1)).sum())
+                for k, t in enumerate(tokens))
     if budget < start:
         return label, False
     # A region can only be split after its parent: its effective priority is the minimum of the
-    # scores along its ancestor chain. Ties go coarser level first, then raster order.
-    keys, levels, rows, cols = [], [], [], []
+    # priorities along its ancestor chain. Ties go coarser level first, then raster order.
+    keys, costs, levels, rows, cols = [], [], [], [], []
     parent_eff = None
     for k in range(len(maps), 1, -1):
-        s = maps[k - 1]
-        eff = s.copy()
+        rk, ck = shapes[k - 1]
+        child = tokens[k - 2][: 2 * rk, : 2 * ck].reshape(rk, 2, ck, 2).sum((1, 3))
+        cost = child - tokens[k - 1]  # 0 to 3
+        eff = np.where(cost == 3, maps[k - 1], np.where(cost > 0, maps[k - 1] * 3 / np.maximum(cost, 1), np.inf))
         if parent_eff is not None:
             pr, pc = parent_eff.shape
             inside = cells_to_pixels(parent_eff, 2, (2 * pr, 2 * pc))
             eff[: 2 * pr, : 2 * pc] = np.minimum(eff[: 2 * pr, : 2 * pc], inside)
         parent_eff = eff
-        r, c = np.indices(s.shape)
+        r, c = np.indices((rk, ck))
         keys.append(eff.ravel())
-        levels.append(np.full(s.size, k))
+        costs.append(cost.ravel())
+        levels.append(np.full(rk * ck, k))
         rows.append(r.ravel())
         cols.append(c.ravel())
     if not keys:
-        return label, budget >= start
-    keys, levels, rows, cols = (np.concatenate(x) for x in (keys, levels, rows, cols))
+        return label, True
+    keys, costs, levels, rows, cols = (np.concatenate(x) for x in (keys, costs, levels, rows, cols))
     order = np.lexsort((cols, rows, -levels, -keys))
-    num_splits = min((budget - start) // 3, order.size)
+    num_splits = int(np.searchsorted(np.cumsum(costs[order]), budget - start, side="right"))
     chosen = order[:num_splits]
     for k in range(len(maps), 1, -1):
         b = 1 << (k - 1)
-        split = np.zeros(maps[k - 1].shape, dtype=bool)
+        split = np.zeros(shapes[k - 1], dtype=bool)
         pick = chosen[levels[chosen] == k]
         split[rows[pick], cols[pick]] = True
         label[(label == k) & cells_to_pixels(split, b, label.shape, False)] = k - 1
     return label, True
 
 
-def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], **fields: Any) -> Selection:
-    """Build the Selection (masks, raster-ordered regions) of a label map."""
+def _remove_predicted(label: np.ndarray, predicted: np.ndarray, shapes: list[tuple[int, int]]) -> np.ndarray:
+    """``label`` with predicted level-1 cells and wholly predicted coarse regions set to 0."""
+    label = label.copy()
+    for k, count in enumerate(_block_counts(predicted, shapes), 1):
+        b = 1 << (k - 1)
+        gone = cells_to_pixels(count == 0, b, label.shape, False)
+        label[gone & (label == k)] = 0
+    return label
+
+
+def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], predicted: np.ndarray,
+                           **fields: Any) -> Selection:
+    """Build the Selection (masks, raster-ordered regions, removed predicted cells) of a label map."""
     masks, regions = [], []
     for k, (rk, ck) in enumerate(shapes, 1):
         b = 1 << (k - 1)
@@ -229,9 +377,11 @@ def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], **f
         regions.append(np.stack([np.full(r.size, k), r * b, c * b], 1))
     regions = np.concatenate(regions).astype(np.int64)
     regions = regions[np.lexsort((regions[:, 2], regions[:, 1]))]
-    for a in [label, regions, *masks]:
+    predicted = predicted & (label == 0)
+    for a in [label, regions, predicted, *masks]:
         a.setflags(write=False)
-    return Selection(num_tokens=len(regions), label_map=label, masks=tuple(masks), regions=regions, **fields)
+    return Selection(num_tokens=len(regions), label_map=label, masks=tuple(masks), regions=regions,
+                     predicted=predicted, **fields)
 
 
 def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None]:
@@ -257,7 +407,8 @@ def _check_score(method: str, score: Any) -> str:
     return score
 
 
-def check_settings(method: Any, alpha: Any, thresholds: Any, num_scales: Any, mode: Any, score: Any) -> None:
+def check_settings(method: Any, alpha: Any, thresholds: Any, num_scales: Any, mode: Any, score: Any,
+                   tolerance: Any = None) -> None:
     """Raise the ValueError/TypeError :func:`select_patches` would raise for these settings on
     an image, without scoring one."""
     method, _ = _check_method(method, alpha, mode)
@@ -265,6 +416,7 @@ def check_settings(method: Any, alpha: Any, thresholds: Any, num_scales: Any, mo
     k = check_int("num_scales", num_scales, 1)
     if method == "v1":
         _check_thresholds(thresholds, k, mode)
+    _check_tolerance(tolerance)
 
 
 def select_patches(
@@ -278,6 +430,7 @@ def select_patches(
     score: str | None = None,
     channels_first: bool = False,
     value_range: tuple[float, float] | None = None,
+    tolerance: float | None = None,
 ) -> Selection:
     """Choose which regions of an image keep full resolution, go coarse, or are dropped.
 
@@ -297,8 +450,21 @@ def select_patches(
     Modes:
         ``"multiscale"``: the kept regions tile the base grid exactly (quadtree).
         ``"drop"``: only base cells; budget keeps exactly ``budget`` cells with the highest
-            level-1 scores (ties: raster order); v1 / v2 keep cells scoring >= thresholds[0] / t.
-            Larger v2 alpha keeps fewer or equal cells.
+            level-1 scores (ties: cells their left / upper neighbours do not predict exactly
+            first, then raster order); v1 / v2 keep cells scoring >= thresholds[0] / t. Larger
+            v2 alpha keeps fewer or equal cells.
+
+    Predictable cells (``tolerance``, any method and mode): a whole base cell is removed (no
+    token, label 0, ``predicted``) when its prediction from what is shown of its left (A),
+    upper (B) and upper-left (C) cells matches it within ``tolerance`` in every pixel value, in
+    raster order: PixelPrune's LOCO-I rule (first row A, first column B, else B if C ~ A and
+    not C ~ B, else A), extended where neither holds: A's last pixel column repeated across the
+    cell if that repetition of C gives B, else B's last row repeated down if that of C gives A.
+    :func:`reconstruct` shows removed cells as their prediction, so with every other cell kept
+    at full resolution each pixel value is within ``tolerance`` (exact at 0). Alone (method
+    None) the count depends on the content; with a budget the tokens go to the rest (a split
+    costs 3 minus its wholly predicted children; regions are split by score per token), so
+    num_tokens lies in [budget - 2, budget] or is every unpredicted cell where that is fewer.
 
     Args:
         image: an image for :func:`entropy_maps` / :func:`detail_maps` ((H, W) or (H, W, C),
@@ -314,6 +480,8 @@ def select_patches(
         channels_first: image is (C, H, W).
         value_range: (lo, hi) the image's pixel values span (images only), as in
             :func:`entropy_maps`; default [0, dtype max] for integers, [0, 1] for floats.
+        tolerance: None (off) or the largest error per pixel value of a removed predictable
+            cell, in [0, 255] 8-bit levels (the image's range mapped to [0, 255]); images only.
 
     Returns:
         Selection: label map, per-level masks, regions and token count (numpy arrays).
@@ -330,23 +498,41 @@ def select_patches(
                [1, 1, 2, 2],
                [2, 2, 2, 2],
                [2, 2, 2, 2]], dtype=int8)
-        >>> select_patches(image, "budget", alpha=0.25, mode="drop").label_map[:2]  # 4 cells, ties in raster order
-        array([[1, 1, 1, 1],
-               [0, 0, 0, 0]], dtype=int8)
+        >>> select_patches(image, "budget", alpha=0.25, mode="drop").label_map[:2]  # ties: unpredicted cells first
+        array([[1, 1, 1, 0],
+               [1, 0, 0, 0]], dtype=int8)
+        >>> select_patches(image, None, tolerance=0).label_map[:2]  # the rest repeat a neighbour
+        array([[1, 1, 0, 0],
+               [1, 0, 0, 0]], dtype=int8)
     """
     method, a = _check_method(method, alpha, mode)
+    tol = _check_tolerance(tolerance)
     if isinstance(image, (ScoreMaps, list, tuple)):
-        maps, partial = _check_maps(image)
-    else:
-        score = _check_score(method, score)
-        check_int("num_scales", num_scales, 1)
-        sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first,
-                        value_range=value_range)
-        if sm[0].ndim != 2:
-            raise ValueError(
-                f"select_patches takes one image at a time, got a batch of shape {tuple(sm[0].shape[:-2])}"
-            )
-        maps, partial = _check_maps(sm)
+        if tol is not None:
+            raise ValueError("tolerance needs the image, not precomputed score maps (cells are predicted from pixels)")
+        return _select_maps(image, method, a, thresholds, mode)
+    score = _check_score(method, score)
+    check_int("num_scales", num_scales, 1)
+    sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first,
+                    value_range=value_range)
+    if sm[0].ndim != 2:
+        raise ValueError(f"select_patches takes one image at a time, got a batch of shape {tuple(sm[0].shape[:-2])}")
+    arr, rng = check_image(image, channels_first, value_range)
+
+    def predictable() -> np.ndarray:
+        return _predictable(arr, sm.patch_size, _tolerance_units(tol or 0.0, rng), sm.partial.shape)
+
+    return _select_maps(sm, method, a, thresholds, mode, tol, predictable)
+
+
+def _select_maps(maps: Any, method: str, a: float | None, thresholds: Any, mode: str, tolerance: float | None = None,
+                 predictable: Callable[[], np.ndarray] | None = None) -> Selection:
+    """:func:`select_patches` on score maps, for a checked method and alpha. ``predictable()``
+    gives bool (rows, cols), the cells that the ``tolerance`` setting (None: off) removes; in drop
+    mode without it, the cells dropped first among equal scores (called only where that matters)."""
+    maps, partial = _check_maps(maps)
+    shapes = [m.shape for m in maps]
+    removed = predictable() if tolerance is not None else np.zeros(shapes[0], dtype=bool)
     thr = _check_thresholds(thresholds, len(maps), mode) if method == "v1" else None
     num_cells = maps[0].size
     budget = math.floor(a * num_cells + 0.5) if method == "budget" else None
@@ -357,20 +543,25 @@ def select_patches(
             coarsest = maps[0][~partial]
         thr = (a * float(coarsest.mean()),)
     if method == "none":
-        label = np.ones(maps[0].shape, dtype=np.int8)
+        label = np.ones(shapes[0], dtype=np.int8)
     elif mode == "drop":
         s = maps[0].ravel()
         if method == "budget":
             keep = np.zeros(s.size, dtype=bool)
-            keep[np.argsort(-s, kind="stable")[:budget]] = True
+            ranked = np.argsort(-s, kind="stable")
+            ranked = ranked[~removed.ravel()[ranked]]
+            tie = 0 < budget < ranked.size and s[ranked[budget - 1]] == s[ranked[budget]]
+            if tolerance is None and predictable is not None and tie:
+                ranked = np.lexsort((predictable().ravel(), -s))  # equal scores: predictable cells dropped first
+            keep[ranked[:budget]] = True
         else:
             keep = s >= thr[0]
-        label = keep.reshape(maps[0].shape).astype(np.int8)
+        label = keep.reshape(shapes[0]).astype(np.int8)
     elif method == "budget":
-        label, met = _budget_tiling(maps, budget)
+        label, met = _budget_tiling(maps, budget, removed)
     else:
         label = _threshold_tiling(maps, thr if method == "v1" else thr * (len(maps) - 1), inclusive=method == "v2")
-    return _selection_from_labels(
-        label, [m.shape for m in maps], method=method, mode=mode,
-        budget=budget, budget_met=met, threshold=thr,
-    )
+    if tolerance is not None:
+        label = _remove_predicted(label, removed, shapes)
+    return _selection_from_labels(label, shapes, removed, method=method, mode=mode, budget=budget, budget_met=met,
+                                  threshold=thr, tolerance=tolerance)

@@ -72,14 +72,17 @@ def _outline(pic: np.ndarray, y0: int, x0: int, y1: int, x1: int, colour: np.nda
 
 def _legend_entries(selection: Selection, p: int) -> list[tuple[np.ndarray | None, str]]:
     """(outline colour, text) per region size of the legend, then (None, text) for dropped cells
-    in drop mode."""
+    in drop mode and for cells removed as predictable."""
     entries = []
     for k, mask in enumerate(selection.masks, 1):
         size = "cells (full resolution)" if k == 1 else f"blocks of {1 << (k - 1)}x{1 << (k - 1)} cells"
         colour = _LEVEL_COLOURS[min(k, len(_LEVEL_COLOURS)) - 1]
         entries.append((colour, f"{p << (k - 1)} px {size}: {int(mask.sum())} tokens"))
     if selection.mode == "drop":
-        entries.append((None, f"dropped (dimmed): {int((selection.label_map == 0).sum())} cells"))
+        dropped = int(((selection.label_map == 0) & ~selection.predicted).sum())
+        entries.append((None, f"dropped (dimmed): {dropped} cells"))
+    if selection.predicted.any():
+        entries.append((None, f"predicted from neighbours (dimmed): {int(selection.predicted.sum())} cells"))
     return entries
 
 

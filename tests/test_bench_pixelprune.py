@@ -57,5 +57,22 @@ def test_quick_run_is_exact_on_documents(capsys):
     rows = pp.main(["--quick", "--tau", "0"])
     docs = [r for r in rows if r["image"].startswith("doc:")]
     assert docs and all(r["pixelprune"] == float("inf") and r["tokens"] < r["cells"] for r in docs)
-    assert all(r["library_tokens"] <= r["tokens"] for r in rows)
+    assert all(r["library_tokens"] <= r["tokens"] and r["first_tokens"] <= r["tokens"] for r in rows)
+    # the library's own removal: exact, and on documents fewer tokens than PixelPrune
+    assert all(r["lossless"] == float("inf") for r in rows)
+    assert all(r["lossless_tokens"] < r["tokens"] for r in docs)
+    assert all(r["first"] == float("inf") for r in docs)  # the budget covers every unpredicted cell
     assert "PixelPrune exact on" in capsys.readouterr().out
+
+
+@given(unit_grids(), st.sampled_from([0, 1, 3]))
+def test_library_rule_is_pixelprunes_on_flat_units(units, tau):
+    """On units of one value each, extending a unit's last column or row gives the unit itself, so
+    the library's rule reduces to PixelPrune's: the same units are kept."""
+    from entropy_prune import select_patches
+
+    flat = np.repeat(units[..., :1], 28 * 28 * 3, -1)
+    image = pp.from_units(np.clip(flat, 0, 255))
+    keep, _ = pp.pixelprune(pp.to_units(image), tau)
+    sel = select_patches(image, None, patch_size=28, tolerance=tau)
+    assert np.array_equal(sel.label_map == 1, keep)

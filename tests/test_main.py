@@ -47,6 +47,25 @@ def test_main_job_options(tmp_path):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_tolerance_removes_predictable_cells(tmp_path, capsys):
+    """A page of flat bands: --tolerance 0 keeps only what its neighbours cannot predict, and the
+    legend counts the removed cells."""
+    page = np.full((168, 224, 3), 250, np.uint8)
+    page[56:112] = (20, 90, 200)
+    page[60:64, 30:190] = 0
+    src, out = tmp_path / "page.png", tmp_path / "o.png"
+    Image.fromarray(page).save(src)
+    code, text, err = run(["--image", str(src), "--method", "none", "--tolerance", "0", "--out", str(out)], capsys)
+    expected = select_patches(page, None, tolerance=0)
+    assert code == 0 and err == "" and expected.num_tokens < 10
+    assert "predictable cells removed (tolerance 0)" in text.splitlines()[0]
+    assert text.splitlines()[-1] == f"none tolerance=0 score=entropy: {expected.num_tokens} of 48 tokens -> wrote {out}"
+    none_row = next(row.split() for row in table(text) if row.startswith("none "))
+    assert int(none_row[3]) == expected.num_tokens
+    code, text, _ = run(["--image", str(src), "--method", "none", "--out", str(out)], capsys)
+    assert next(row.split() for row in table(text) if row.startswith("none "))[3] == "48"
+
+
 def test_render_outlines_regions_and_dims_dropped_cells():
     img = np.full((56, 84, 3), 200, np.uint8)
     sel = select_patches(img, "budget", 0.5, mode="drop")
@@ -149,6 +168,8 @@ def test_truncated_image_files_give_one_line(tmp_path_factory, fmt, fraction):
     (["--patch-size", "-28"], "--patch-size: must be an integer >= 1, got -28"),
     (["--out", "noext"], "--out: must name a .png file, got 'noext'"),
     (["--out", "picture.jpg"], "--out: must name a .png file"),
+    (["--tolerance", "-1"], "--tolerance: tolerance must be in [0, 255]"),
+    (["--tolerance", "nan"], "--tolerance: tolerance must be in [0, 255]"),
 ])
 def test_bad_settings_give_one_line_before_the_table(capsys, argv, words):
     expect_one_line_error(capsys, argv, words)

@@ -270,6 +270,48 @@ def test_drop_top_rows_equals_stock_on_cropped_grid(processors, patched, backend
     assert torch.equal(logits(patched, ours), reference)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(patch_selection_method=None, tolerance=0),
+        dict(patch_selection_method="budget", alpha=0.5, tolerance=0),
+        dict(patch_selection_method="budget", alpha=0.3, mode="drop", tolerance=2),
+    ],
+)
+def test_tolerance_removes_predictable_units(processors, patched, texts, backend, settings):
+    """Predictable units are left out as the core selects them on the resized image; kept
+    level-1 units are the stock rows; the model runs on the result."""
+    proc = processors[backend]
+    images = [top_rows_image(1, 4, 6), textured_image(84, 84, 1), top_rows_image(2, 3, 3)]
+    stock = run(proc, images, texts)
+    wrapped = wrap_processor(proc, **settings)
+    ours = run(wrapped, images, texts)
+    regions = ours[REGIONS_KEY]
+    core_kw = {k: v for k, v in settings.items() if k != "patch_selection_method"}
+    stock_rows, start, ours_start, total = stock["pixel_values"], 0, 0, 0
+    for i, (raw, grid) in enumerate(zip(raw_images(proc, images), stock["image_grid_thw"].tolist(), strict=True)):
+        sel = select_patches(raw, settings["patch_selection_method"], patch_size=28, **core_kw)
+        mine = regions[regions[:, 0] == i]
+        assert mine[:, [1, 3, 4]].tolist() == sel.regions.tolist()
+        assert sel.predicted.any() or i == 1  # the flat images lose units, the gradient one need not
+        n = grid[1] * grid[2]
+        units = stock_rows[start : start + n].reshape(grid[1] // 2, grid[2] // 2, 4, -1)
+        rows = ours["pixel_values"][ours_start : ours_start + 4 * len(mine)].reshape(len(mine), 4, -1)
+        for (_, level, _, r, c), row in zip(mine.tolist(), rows, strict=True):
+            if level == 1:
+                assert torch.equal(row, units[r, c])
+        start, ours_start, total = start + n, ours_start + 4 * len(mine), total + n // 4
+    assert len(regions) < total
+    assert torch.equal(ours["image_grid_thw"], stock["image_grid_thw"])
+    assert (ours["input_ids"] == patched.config.image_token_id).sum() == len(regions)
+    assert torch.isfinite(logits(patched, ours)).all()
+    per_call = run(wrap_processor(proc), images, texts, images_kwargs=settings)
+    assert torch.equal(per_call[REGIONS_KEY], regions) and torch.equal(per_call["pixel_values"], ours["pixel_values"])
+    with pytest.raises(ValueError, match="content"):
+        wrapped._get_num_multimodal_tokens(image_sizes=[(112, 168)])
+
+
 def stock_frames(out):
     """Stock image output of one image -> its (T, C, H, W) frames, float64."""
     return item_frames(out["pixel_values"], out["image_grid_thw"][0]).numpy().astype(np.float64)
@@ -548,6 +590,9 @@ def test_image_with_no_kept_token(processors, patched, images, texts):
         (dict(mode="sparse"), ValueError, "mode"),
         (dict(score="edges"), ValueError, "score"),
         (dict(budget=3), TypeError, "budget"),
+        (dict(tolerance=-1), ValueError, r"tolerance must be in \[0, 255\]"),
+        (dict(tolerance=256), ValueError, r"tolerance must be in \[0, 255\]"),
+        (dict(tolerance="0"), TypeError, "tolerance"),
     ],
 )
 def test_bad_settings(processors, images, texts, settings, error, match):

@@ -183,6 +183,12 @@ def test_precomputed_maps_select_like_the_image(img, data):
     rest = {key: v for key, v in kw.items() if key not in ("patch_size", "num_scales", "score")}
     a = select_patches(img, **kw)
     b = select_patches(maps, **rest)
+    if kw["mode"] == "drop" and kw["method"] == "budget":
+        # ties at the budget's edge: the image's pixels say which cells are predictable, maps
+        # (no pixels) keep raster order; the kept scores are the same
+        s = np.asarray(maps[0])
+        assert np.array_equal(np.sort(s[a.label_map == 1]), np.sort(s[b.label_map == 1]))
+        a = select_patches(maps, **rest)
     assert np.array_equal(a.regions, b.regions)
     assume(not maps.partial.any())
     c = select_patches([np.asarray(m) for m in maps], **rest)

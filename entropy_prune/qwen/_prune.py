@@ -17,7 +17,7 @@ from transformers import BatchFeature
 
 from .._image import BT601
 from ..scores import score_maps
-from ..selection import default_score, select_patches
+from ..selection import _check_method, _check_tolerance, _predictable, _select_maps, default_score
 from ._compat import NORM_KEYS
 from ._units import cat, cut_regions
 
@@ -68,7 +68,8 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     """Core selection for one temporal patch.
 
     Args:
-        images: (C, H, W) scoring images of this temporal patch's distinct frames.
+        images: (C, H, W) scoring images of this temporal patch's distinct frames (uint8, or
+            float in [0, 1]); ``tolerance`` compares units on all of them.
         previous: the previous temporal patch's scoring images, or None.
     Returns:
         the :class:`entropy_prune.Selection` on the unit grid.
@@ -88,8 +89,16 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
                 continue
             change = F.avg_pool2d(diff, unit_px << k)[0, 0].numpy()[: levels[k].shape[0], : levels[k].shape[1]]
             levels[k] = levels[k] * np.minimum(1.0, change / tau)
-    keys = ("alpha", "thresholds", "mode")
-    return select_patches(levels, method=settings["patch_selection_method"], **{k: settings[k] for k in keys})
+    method, alpha = _check_method(settings["patch_selection_method"], settings["alpha"], settings["mode"])
+    tolerance = _check_tolerance(settings["tolerance"])
+
+    def predictable() -> np.ndarray:
+        """Units the tolerance removes (or drop mode drops first among ties), on every frame's values."""
+        stacked = np.moveaxis(np.concatenate(images), 0, -1)
+        scale = 255.0 if stacked.dtype == np.uint8 else 1.0
+        return _predictable(stacked, unit_px, (tolerance or 0.0) * scale / 255.0, levels[0].shape)
+
+    return _select_maps(levels, method, alpha, settings["thresholds"], settings["mode"], tolerance, predictable)
 
 
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):

@@ -16,6 +16,7 @@ SETTINGS = {
     "mode": "multiscale",
     "score": None,
     "temporal_threshold": None,
+    "tolerance": None,
 }
 """Selection settings a wrapped processor accepts (per call, as attributes, or at construction),
 with their defaults. Values are validated by :func:`entropy_prune.select_patches`."""
@@ -31,6 +32,11 @@ UNSET = _Unset()
 
 def is_none_method(method: Any) -> bool:
     return method is None or (isinstance(method, str) and method == "none")
+
+
+def is_stock(settings: dict) -> bool:
+    """The settings prune nothing: method None / "none" and no ``tolerance``."""
+    return is_none_method(settings["patch_selection_method"]) and settings.get("tolerance") is None
 
 
 def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool) -> None:
@@ -55,13 +61,15 @@ def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool)
 def keeps_all(settings: dict) -> bool:
     """Valid ``settings`` keep every unit of every item, whatever the content."""
     method = settings["patch_selection_method"]
+    if settings.get("tolerance") is not None:
+        return False
     return is_none_method(method) or (method == "budget" and float(settings["alpha"]) == 1.0)
 
 
 def check(settings: dict) -> None:
     """Raise ValueError/TypeError now for settings the core selection would reject."""
     check_call_keywords(settings, set(SETTINGS), "the selection settings", True)
-    keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score")
+    keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score", "tolerance")
     check_selection(*(settings[k] for k in keys))
     if settings["temporal_threshold"] is not None:
         check_real("temporal_threshold", settings["temporal_threshold"], low=0, low_open=True,

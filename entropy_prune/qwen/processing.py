@@ -41,7 +41,7 @@ from transformers.processing_utils import ProcessorMixin
 from . import _compat, _settings
 from ._compat import NORM_KEYS
 from ._prune import prune_batch
-from ._settings import SETTINGS, UNSET, check_call_keywords, is_none_method, keeps_all
+from ._settings import SETTINGS, UNSET, check_call_keywords, is_stock, keeps_all
 
 __all__ = ["REGIONS_KEY", "VIDEO_REGIONS_KEY", "wrap_processor"]
 
@@ -109,6 +109,7 @@ class _Pruning:
     mode = SETTINGS["mode"]
     score = SETTINGS["score"]
     temporal_threshold = SETTINGS["temporal_threshold"]
+    tolerance = SETTINGS["tolerance"]
 
     def __init__(self, **kwargs: Any) -> None:
         ours = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
@@ -123,9 +124,10 @@ class _Pruning:
         return {k: getattr(self, k) for k in SETTINGS}
 
     def to_dict(self) -> dict[str, Any]:
-        """Stock, plus the selection settings unless the method is ``None`` (then exactly stock)."""
+        """Stock, plus the selection settings unless they prune nothing (method ``None``, no
+        ``tolerance``: then exactly stock)."""
         out = super().to_dict()
-        if is_none_method(self.patch_selection_method):
+        if is_stock(self.selection_settings):
             for key in SETTINGS:
                 out.pop(key, None)
         return out
@@ -136,7 +138,7 @@ class _Pruning:
 
     def _preprocess(self, *args, **kwargs):
         settings = {k: kwargs.pop(k, getattr(self, k)) for k in SETTINGS}
-        if is_none_method(settings["patch_selection_method"]):
+        if is_stock(settings):
             return super()._preprocess(*args, **kwargs)
         _settings.check(settings)
         _fork_safe_threads()
@@ -322,13 +324,13 @@ class _PruningProcessor:
 
 class _InputNames:
     """``model_input_names`` of a pruning class: the stock names, plus the kept-regions key on an
-    instance whose default method prunes."""
+    instance whose default settings prune."""
 
     def __init__(self, stock: list[str], key: str) -> None:
         self.stock, self.key = list(stock), key
 
     def __get__(self, obj: Any, cls: type) -> list[str]:
-        if obj is None or is_none_method(obj.patch_selection_method):
+        if obj is None or is_stock(obj.selection_settings):
             return list(self.stock)
         return [*self.stock, self.key]
 
@@ -399,14 +401,15 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     ``video_kept_regions``, ``pixel_values_videos`` and ``<|video_pad|>`` (per temporal patch).
 
     Settings (``patch_selection_method``, ``alpha``, ``thresholds``, ``num_scales``, ``mode``,
-    ``score``, see :func:`entropy_prune.select_patches`; ``temporal_threshold`` for videos, see
-    the module docstring) apply to images and videos and can be set here, as attributes of
+    ``score``, ``tolerance``, see :func:`entropy_prune.select_patches`; ``temporal_threshold`` for
+    videos, see the module docstring) apply to images and videos and can be set here, as attributes of
     ``wrapped.image_processor`` / ``wrapped.video_processor``, or per call (``images_kwargs`` /
     ``videos_kwargs``, or flat kwargs for both). Unset ones come from values the processor already
     carries (a saved wrapped processor reloaded with ``AutoProcessor``), else default to
     ``"budget"``, ``alpha=0.3``, ``num_scales=3``, ``"multiscale"``, ``score=None`` (the core's
-    default for the method), no temporal score.
-    Method ``None`` / ``"none"`` returns the stock output unchanged.
+    default for the method), no temporal score, ``tolerance=None`` (no cell removed as
+    predictable). Method ``None`` / ``"none"`` without ``tolerance`` returns the stock output
+    unchanged; with it, only predictable units are removed.
 
     Raises:
         TypeError: not a Qwen-VL processor, or an unknown setting.
