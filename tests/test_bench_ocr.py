@@ -1,0 +1,127 @@
+"""benchmarks/bench_ocr.py: the metrics and conditions without Tesseract, and a quick run with it."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image, ImageFont
+
+pytest.importorskip("skimage")
+pytest.importorskip("transformers")
+
+from benchmarks import bench_ocr as bo
+from benchmarks._documents import Region, render_page
+
+
+def _dp(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+@given(st.text("abc d", max_size=80), st.text("abcd e", max_size=80))
+def test_levenshtein_equals_the_textbook_recurrence(a, b):
+    assert bo.levenshtein(a, b) == bo.levenshtein(b, a) == _dp(a, b)
+
+
+def test_levenshtein_known_values():
+    assert bo.levenshtein("kitten", "sitting") == 3
+    assert bo.levenshtein("", "abc") == bo.levenshtein("abc", "") == 3
+    assert bo.levenshtein("flaw", "lawn") == 2
+    long = "x" * 200 + "y"  # wider than one machine word
+    assert bo.levenshtein(long, "y" + "x" * 200) == 2
+
+
+def test_cer_normalises_whitespace_and_typography():
+    assert bo.cer("the  cat\n sat", "the cat sat") == 0
+    assert bo.cer("\u201cIt\u2019s\u201d \u2014 ok", "\"It's\" - ok") == 0
+    assert bo.cer("the bat", "the cat") == pytest.approx(1 / 7)
+    assert bo.cer("", "abcd") == 1
+    assert bo.cer("abcdabcd", "abcd") == 1  # insertions count: CER can reach and pass 1
+
+
+def test_word_recall_is_a_multiset_fraction():
+    assert bo.word_recall("a b", "a a b") == pytest.approx(2 / 3)
+    assert bo.word_recall("b a a a", "a a b") == 1
+    assert bo.word_recall("", "a b") == 0
+    assert bo.word_recall("The cat.", "the cat") == 0  # case and punctuation count
+    assert bo.word_recall("the cat.", "the cat") == 0.5
+
+
+def test_psm_follows_the_region_shape():
+    assert bo.psm(Region((0, 0, 1, 1), "one line")) == 7
+    assert bo.psm(Region((0, 0, 1, 1), "two\nlines")) == 6
+
+
+def test_ocr_input_is_the_scaled_box_upscaled_with_a_border():
+    shown = np.full((100, 200, 3), 255, np.uint8)  # the page was twice this size
+    shown[40:50, 60:90] = 0
+    img = bo.ocr_input(Image.fromarray(shown).convert("L"), Region((120, 80, 180, 100), "x"), 0.5, 0.5)
+    side = (30 + 2 * bo.PAD) * bo.SCALE + 2 * bo.BORDER, (10 + 2 * bo.PAD) * bo.SCALE + 2 * bo.BORDER
+    assert img.size == side and img.mode == "L"
+    pixels = np.asarray(img)
+    inner = pixels[bo.BORDER + bo.PAD * bo.SCALE + 2 : -bo.BORDER - bo.PAD * bo.SCALE - 2,
+                   bo.BORDER + bo.PAD * bo.SCALE + 2 : -bo.BORDER - bo.PAD * bo.SCALE - 2]
+    assert inner.max() < 10 and pixels[: bo.BORDER].min() == 255
+
+
+def test_uniform_takes_the_largest_grid_within_the_tokens():
+    img = np.random.default_rng(0).integers(0, 256, (560, 700, 3), dtype=np.uint8)
+    cells = 20 * 25
+
+    def grid(units: int) -> int:
+        h, w = bo.smart_resize(560, 700, bo.UNIT, bo.UNIT**2, units * bo.UNIT**2)
+        return (h // bo.UNIT) * (w // bo.UNIT)
+
+    for tokens in (7, 100, 149, 350):
+        shown, used = bo.uniform(img, tokens)
+        assert shown.shape == img.shape
+        assert used == max(g for g in map(grid, range(1, cells + 1)) if g <= tokens)
+
+
+def test_conditions_spend_equal_tokens():
+    page = render_page("body", 560, 448, 12)  # Pillow's font: no system font needed
+    img = bo.qwen_resize(page.image, bo.RESIZES["checkpoint"])
+    cells = (img.shape[0] // bo.UNIT) * (img.shape[1] // bo.UNIT)
+    for alpha in (0.3, 0.5):
+        cond = bo.conditions(img, alpha)
+        tokens = {k: n for k, (_, n) in cond.items()}
+        assert tokens["full"] == cells
+        assert tokens["library"] == tokens["entropy"] == tokens["random"]
+        assert cells * alpha - 3 <= tokens["library"] <= cells * alpha + 1
+        assert tokens["uniform"] <= tokens["library"] and tokens["uniform"] >= 0.85 * tokens["library"]
+        assert all(out.shape == img.shape and out.dtype == np.uint8 for out, _ in cond.values())
+        assert np.array_equal(cond["full"][0], img) and not np.array_equal(cond["library"][0], img)
+
+
+def _has_font() -> bool:
+    try:
+        ImageFont.truetype(bo.FONT, 10)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason=f"no tesseract command ({bo.APT})")
+@pytest.mark.skipif(not _has_font(), reason=f"no {bo.FONT} ({bo.APT})")
+def test_quick_run_reads_clean_pages_and_ranks_the_conditions(capsys):
+    rows = bo.main(["--quick", "--jobs", "1"])
+    out = capsys.readouterr().out
+    pages = {r["page"] for r in rows}
+    assert pages == {s.name for s in bo.QUICK_PAGES}
+    assert len(rows) == len(pages) * len(bo.CONDITIONS)
+    for page in pages:
+        by = {r["condition"]: r for r in rows if r["page"] == page}
+        assert by["full"]["cer"] < 0.02 and by["full"]["recall"] > 0.97  # the reader reads clean pages
+        assert by["random"]["cer"] > by["full"]["cer"] + 0.1  # and is hurt by a random selection
+        assert by["library"]["tokens"] == by["entropy"]["tokens"] == by["random"]["tokens"]
+        assert 0 < by["uniform"]["tokens"] <= by["library"]["tokens"] < by["full"]["tokens"]
+    assert "mean of types" in out and out.count("PASS") + out.count("FAIL") == 2
