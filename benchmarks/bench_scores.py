@@ -1,4 +1,5 @@
-"""Time and peak memory of entropy maps (+ budget selection), ours vs two references.
+"""Time and peak memory of entropy maps (+ budget selection), ours vs two references; the default
+selection (detail score) alone and with ``tolerance=0``.
 
     python -m benchmarks.bench_scores [--repeats 20]
 
@@ -99,7 +100,22 @@ def ours_budget(img):
     return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, score="entropy")
 
 
+def ours_default(img):
+    """The default selection: budget alpha 0.3 on the detail score."""
+    from entropy_prune import select_patches
+
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES)
+
+
+def ours_tolerance(img):
+    """The default selection after removing exactly predictable cells (tolerance 0)."""
+    from entropy_prune import select_patches
+
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=0)
+
+
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
+           "ours: detail budget": ours_default, "ours: + tolerance 0": ours_tolerance,
            "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
 
 
