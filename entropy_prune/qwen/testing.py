@@ -175,19 +175,21 @@ def make_config(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl"):
     )
 
 
+_MODEL_CLASSES = {
+    "qwen2_vl": Qwen2VLForConditionalGeneration,
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "qwen3_vl": Qwen3VLForConditionalGeneration,
+    "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration,
+    "qwen3_5": Qwen3_5ForConditionalGeneration,
+    "qwen3_5_moe": Qwen3_5MoeForConditionalGeneration,
+}
+
+
 def make_model(tokenizer: PreTrainedTokenizerFast, family: str = "qwen2_vl", seed: int = 0):
     """Random-weight tiny model of ``family`` in float32, eval mode, sdpa attention."""
     torch.manual_seed(seed)
     config = make_config(tokenizer, family)
-    cls = {
-        "qwen2_vl": Qwen2VLForConditionalGeneration,
-        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-        "qwen3_vl": Qwen3VLForConditionalGeneration,
-        "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration,
-        "qwen3_5": Qwen3_5ForConditionalGeneration,
-        "qwen3_5_moe": Qwen3_5MoeForConditionalGeneration,
-    }[family]
-    model = cls(config).eval()
+    model = _MODEL_CLASSES[family](config).eval()
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     return model
@@ -251,3 +253,22 @@ def batch(proc, media, **kwargs):
     images, videos = media
     texts = prompts(proc, [[IMAGE, VIDEO, IMAGE, TEXT], [VIDEO, TEXT]])
     return proc(images=images, videos=videos, text=texts, return_tensors="pt", padding=True, **kwargs)
+
+
+def save_checkpoint(path: str, family: str = "qwen2_vl", seed: int = 0) -> None:
+    """Save a tiny random ``family`` model with its processor to ``path``, loadable by
+    ``from_pretrained`` and by vLLM: two 32-wide attention heads, one KV head (vLLM's CPU attention
+    needs head_dim >= 32), M-RoPE sections (4, 6, 6)."""
+    processor = make_processor(family=family)
+    config = make_config(processor.tokenizer, family)
+    text = config.text_config
+    text.num_attention_heads, text.num_key_value_heads = 2, 1
+    if family in QWEN3_LIKE:
+        text.head_dim = 32
+    text.rope_parameters["mrope_section"] = [4, 6, 6]
+    torch.manual_seed(seed)
+    model = _MODEL_CLASSES[family](config).eval()
+    model.generation_config.pad_token_id = text.pad_token_id
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
