@@ -74,7 +74,10 @@ def _item_regions(regions: Any, counts: Any) -> list[torch.Tensor]:
 
 def _is_full(regions: list[torch.Tensor], grid_thw: torch.Tensor, m: int) -> bool:
     """Every item keeps every unit (level-1 regions; validated elsewhere)."""
-    return all(len(r) == int(g.prod()) // (m * m) and bool((r[:, 1] == 1).all()) for r, g in zip(regions, grid_thw, strict=True))
+    return all(
+        len(r) == int(g.prod()) // (m * m) and bool((r[:, 1] == 1).all())
+        for r, g in zip(regions, grid_thw, strict=True)
+    )
 
 
 def _cu(visual: Any, cu_seqlens: torch.Tensor, device: torch.device) -> dict[str, Any]:
