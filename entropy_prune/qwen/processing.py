@@ -299,7 +299,8 @@ class _PruningProcessor:
             if not keeps_all(settings):
                 method = settings["patch_selection_method"]
                 raise ValueError(
-                    f"with patch_selection_method={method!r} (alpha={settings['alpha']!r}) the number of "
+                    f"with patch_selection_method={method!r} (alpha={settings['alpha']!r}, "
+                    f"tolerance={settings['tolerance']!r}) the number of "
                     f"{name[:-1]} tokens depends on the {name}' content; run the processor on the {name} and "
                     f"count the rows of output[{_KEYS[name]!r}] per item instead"
                 )
