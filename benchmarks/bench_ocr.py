@@ -1,6 +1,7 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
-    python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280] [--jobs 2]
+    python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
+                                   [--tolerance T] [--jobs 2]
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
@@ -8,12 +9,13 @@ system's licence texts in DejaVu Sans: body text at 10 / 13 / 16 px, a dense pag
 two columns, a table, a slide, a GUI-like screenshot and skimage photographs with captions. Each
 page is resized like the Qwen2-VL processor (smart_resize to multiples of 28 px, bicubic) under
 two settings: ``checkpoint`` (max_pixels 16384 x 28 x 28, the released Qwen2-VL checkpoints'
-preprocessor config: these pages keep their size) and ``cap1280`` (max_pixels 1280 x 28 x 28,
+preprocessor config: these pages keep their size, to 28 px) and ``cap1280`` (max_pixels 1280 x 28 x 28,
 the common cap, which is also transformers' Qwen2VLImageProcessor default). Conditions, all at
 the resized size:
   full    - the resized page (every 28 px cell, one token each);
-  library - ``select_patches(page, "budget", alpha)`` with the default score, shown by ``reconstruct``;
-  entropy - the same with score="entropy", budget searched so its count equals the library's;
+  library - ``select_patches(page, "budget", alpha)`` with the library's defaults (``--tolerance``
+            adds that setting), shown by ``reconstruct``;
+  entropy - the same with score="entropy", its budget searched so its count equals the library's;
   uniform - Qwen's own down-scaling: smart_resize at the largest max_pixels whose grid has at most
             the library's token count, bicubic down, bilinear back up;
   random  - the budget selection driven by seeded random scores (the same quadtree, no score),
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFont, ImageOps
+from tqdm import tqdm
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from benchmarks._documents import Region, render_page
@@ -75,8 +78,8 @@ PAGES = (
     PageSpec("body-10", "body", 1400, 1000, 10, 0),
     PageSpec("body-13", "body", 1400, 1000, 13, 3000),
     PageSpec("body-16", "body", 1400, 1000, 16, 6000),
-    PageSpec("dense-10", "dense", 1650, 1275, 10, 9000),
-    PageSpec("columns-12", "columns", 1650, 1275, 12, 14000),
+    PageSpec("dense-10", "dense", 1400, 1000, 10, 9000),
+    PageSpec("columns-12", "columns", 1400, 1000, 12, 14000),
     PageSpec("table-14", "table", 1100, 1400, 14, 18000),
     PageSpec("slide-16", "slide", 1080, 1920, 16, 19000),
     PageSpec("screenshot-13", "screenshot", 1080, 1920, 13, 20000),
@@ -172,11 +175,12 @@ def matched(image, tokens: int, cells: int, **kwargs):
     return best or sel
 
 
-def conditions(img: np.ndarray, alpha: float, seed: int = 0) -> dict[str, tuple[np.ndarray, int]]:
-    """Every condition's shown image (at the size of ``img``) and token count."""
+def conditions(img: np.ndarray, alpha: float, seed: int = 0, **library) -> dict[str, tuple[np.ndarray, int]]:
+    """Every condition's shown image (at the size of ``img``) and token count; ``library``: extra
+    keywords of the library's ``select_patches`` call (e.g. tolerance)."""
     cells = (img.shape[0] // UNIT) * (img.shape[1] // UNIT)
-    lib = select_patches(img, "budget", alpha)
-    ent = matched(img, lib.num_tokens, cells, score="entropy")
+    lib = select_patches(img, "budget", alpha, **library)
+    ent = matched(img, lib.num_tokens, cells, score="entropy", **library)
     rng = np.random.default_rng(seed)
     noise = [rng.random(np.asarray(m).shape) for m in detail_maps(img, UNIT)]
     rand = matched(noise, lib.num_tokens, cells)
@@ -244,13 +248,13 @@ def read_page(shown: dict, regions: tuple[Region, ...], page_hw: tuple[int, int]
     return result
 
 
-def evaluate(spec: PageSpec, resize: str, alphas: list[float]) -> list[dict]:
+def evaluate(spec: PageSpec, resize: str, alphas: list[float], library: dict) -> list[dict]:
     """One row per alpha and condition of one page at one resize setting."""
     page = render_page(spec.layout, spec.h, spec.w, spec.text_px, spec.offset, font=FONT)
     img = qwen_resize(page.image, RESIZES[resize])
     shown, tokens = {}, {}
     for alpha in alphas:
-        for cond, (out, n) in conditions(img, alpha).items():
+        for cond, (out, n) in conditions(img, alpha, **library).items():
             key = (alphas[0], cond) if cond == "full" else (alpha, cond)  # full: the same at every alpha
             shown[key], tokens[key] = out, n
     scores = read_page(shown, page.regions, page.image.shape[:2])
@@ -315,8 +319,8 @@ def report(rows: list[dict], alphas: list[float], resizes: list[str]) -> list[di
                                                      for c in CONDITIONS) + " |")
             lib, uni = overall["library"][0], overall["uniform"][0]
             checks.append(dict(resize=name, alpha=alpha, goal="mean CER library <= 0.8 x uniform",
-                               ok=lib <= 0.8 * uni, detail=f"{lib:.3f} vs 0.8 x {uni:.3f} = {0.8 * uni:.3f}"))
-            worse = [f"{t} {m['library'][1]:.3f} < {m['uniform'][1]:.3f}" for t, m in means.items()
+                               ok=lib <= 0.8 * uni, detail=f"{lib:.4f} vs 0.8 x {uni:.4f} = {0.8 * uni:.4f}"))
+            worse = [f"{t} {m['library'][1]:.4f} < {m['uniform'][1]:.4f}" for t, m in means.items()
                      if m["library"][1] < m["uniform"][1]]
             checks.append(dict(resize=name, alpha=alpha, goal="word recall library >= uniform, every type",
                                ok=not worse, detail="; ".join(worse) or f"all {len(means)} types"))
@@ -331,6 +335,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="two small pages, alpha 0.3, checkpoint resize (CI)")
     parser.add_argument("--alphas", type=float, nargs="+", help="budget alphas (default 0.3 0.5; quick: 0.3)")
     parser.add_argument("--resizes", nargs="+", choices=list(RESIZES), help="resize settings (quick: checkpoint)")
+    parser.add_argument("--tolerance", type=float, help="the library's select_patches tolerance (default: off)")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)
     if shutil.which("tesseract") is None:
@@ -344,13 +349,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--alphas must be in (0, 1], got {alphas}")
     resizes = args.resizes or (["checkpoint"] if args.quick else list(RESIZES))
     specs = QUICK_PAGES if args.quick else PAGES
+    library = {} if args.tolerance is None else {"tolerance": args.tolerance}
     start = time.perf_counter()
+    jobs = [(s, name) for s in specs for name in resizes]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
-        parts = pool.map(lambda job: evaluate(*job, alphas), [(s, name) for s in specs for name in resizes])
-        rows = [r for part in parts for r in part]
+        parts = pool.map(lambda job: evaluate(*job, alphas, library), jobs)
+        rows = [r for part in tqdm(parts, "bench_ocr", len(jobs), unit="page x resize") for r in part]
     version = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
-    print(f"{len(specs)} pages, alphas {alphas}, resizes {resizes}: {time.perf_counter() - start:.0f} s "
-          f"({args.jobs} at once), tesseract {version}")
+    print(f"{len(specs)} pages, alphas {alphas}, resizes {resizes}, library {library or 'defaults'}: "
+          f"{time.perf_counter() - start:.0f} s ({args.jobs} at once), tesseract {version}")
     report(rows, alphas, resizes)
     return rows
 
