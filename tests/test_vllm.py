@@ -227,6 +227,7 @@ def test_profiling_inputs_are_not_pruned(family, checkpoint):
     [
         ({"mm_encoder_tp_mode": "data"}, "mm_encoder_tp_mode"),
         ({"video_pruning_rate": 0.5}, "video_pruning_rate"),
+        ({"compilation_config": {"cudagraph_mm_encoder": True}}, "cudagraph_mm_encoder"),
         ({"mm_processor_kwargs": {"alpha": 3}}, "alpha"),
         ({"mm_processor_kwargs": {"mdoe": "drop"}}, "mdoe"),
     ],

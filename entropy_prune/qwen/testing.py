@@ -258,13 +258,14 @@ def batch(proc, media, **kwargs):
 def save_checkpoint(path: str, family: str = "qwen2_vl", seed: int = 0) -> None:
     """Save a tiny random ``family`` model with its processor to ``path``, loadable by
     ``from_pretrained`` and by vLLM: two 32-wide attention heads, one KV head (vLLM's CPU attention
-    needs head_dim >= 32), M-RoPE sections (4, 6, 6)."""
+    needs head_dim >= 32), M-RoPE sections (4, 6, 6), interleaved for Qwen3-like families."""
     processor = make_processor(family=family)
     config = make_config(processor.tokenizer, family)
     text = config.text_config
     text.num_attention_heads, text.num_key_value_heads = 2, 1
-    if family in QWEN3_LIKE:
+    if family in QWEN3_LIKE:  # real Qwen3-VL configs say so; transformers interleaves anyway, vLLM only if told
         text.head_dim = 32
+        text.rope_parameters["mrope_interleaved"] = True
     text.rope_parameters["mrope_section"] = [4, 6, 6]
     torch.manual_seed(seed)
     model = _MODEL_CLASSES[family](config).eval()
