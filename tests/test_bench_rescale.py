@@ -29,6 +29,7 @@ def test_candidate_grids_reach_the_count_exactly(rows, cols, tokens):
 
 
 def test_quick_run(capsys):
+    """Smaller grids are tried (each checked inside to keep the exact count) and the table prints."""
     rows = br.main(["--quick", "--alphas", "0.3"])
-    assert rows and all(r["oracle"] >= r["budget"] - 1e-9 for r in rows)
+    assert len(rows) == 5 and all(r["candidates"] > 0 for r in rows if r["set"] == "photographs")
     assert "oracle" in capsys.readouterr().out
