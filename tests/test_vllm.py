@@ -154,6 +154,7 @@ SETTINGS = [
     {"alpha": 0.5, "mode": "drop"},
     {"patch_selection_method": "v1", "thresholds": [7.3, 7.0]},
     {"patch_selection_method": "v2", "alpha": 1.0},
+    {"alpha": 0.3, "mode": "drop", "tolerance": 0},
     {"patch_selection_method": "v1", "thresholds": [7.3, 7.0], "temporal_threshold": 0.05},
 ]
 
@@ -215,7 +216,8 @@ def test_an_image_that_keeps_no_token_is_refused(family, engine):
 def test_profiling_inputs_are_not_pruned(family, checkpoint):
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
-    config = EngineArgs(**engine_kwargs(checkpoint, family, mm_processor_kwargs={"alpha": 0.2})).create_model_config()
+    engine_default = {"alpha": 0.2, "tolerance": 0}
+    config = EngineArgs(**engine_kwargs(checkpoint, family, mm_processor_kwargs=engine_default)).create_model_config()
     processor = MULTIMODAL_REGISTRY.create_processor(config)
     dummy = processor.get_dummy_mm_inputs({"image": 1})
     image_id = config.hf_config.image_token_id

@@ -4,8 +4,8 @@ fields of each item, and one placeholder per kept region.
 Each image or video item carries ``{modality}_kept_regions`` (int64 (n_i, 5): item, level, t,
 row, col; the item column is rewritten on the model side, where items of several requests meet)
 and ``{modality}_kept_count`` (n_i), and its pixel rows are ``n_i * merge_size**2``. Items that
-keep every unit (method none, alpha 1) carry level-1 regions of the full grid and exactly the
-stock rows. Settings come from ``mm_processor_kwargs`` (engine-wide or per request) and are
+keep every unit (method none or alpha 1, no tolerance) carry level-1 regions of the full grid and
+exactly the stock rows. Settings come from ``mm_processor_kwargs`` (engine-wide or per request) and are
 checked before the HF processor runs, so a bad one is a :class:`VLLMValidationError` naming it.
 The profiling (dummy) inputs are never pruned: pruning only removes tokens, so the stock maximum
 counts stay valid upper bounds.
@@ -123,9 +123,10 @@ class _PruningProcessor:
         return super().apply(inputs, timing_ctx)
 
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
-        """Stock profiling inputs, never pruned (method none overrides any engine default)."""
+        """Stock profiling inputs, never pruned (method none and no tolerance override any engine
+        default)."""
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
-        kwargs = {**inputs.hf_processor_mm_kwargs, "patch_selection_method": None}
+        kwargs = {**inputs.hf_processor_mm_kwargs, "patch_selection_method": None, "tolerance": None}
         return dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs)
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
