@@ -1,14 +1,15 @@
 """Offline vLLM throughput of Qwen2-VL, stock vs the entropy_prune plugin (budget alpha 0.5 / 0.3 / 0.2).
 
     python -m benchmarks.bench_vllm [--sizes 1 4] [--alphas 0.5 0.3 0.2] [--mode multiscale] [--repeats 4]
-                                    [--rounds 3] [--max-tokens 16] [--limit N] [--layers N]
+                                    [--rounds 5] [--max-tokens 16] [--limit N] [--layers N]
     python -m benchmarks.bench_vllm --tiny     # CPU, tiny random Qwen2-VL, small images (what CI runs)
 
 Model: default, random weights (vLLM's ``load_format="dummy"``) at Qwen2-VL-2B-Instruct shapes
 (:data:`benchmarks.bench_gpu.MODELS`, the released config's values) in bf16, meant for a GPU;
 ``--tiny``, the random checkpoint of :func:`entropy_prune.qwen.testing.save_checkpoint` in float32
 on CPU. Tokenizer: :func:`entropy_prune.qwen.testing.make_tokenizer`; image processor: Qwen2-VL's,
-with a ``max_pixels`` that no benchmark image exceeds. ``--layers N`` cuts both towers to N layers
+with a ``max_pixels`` that no benchmark image exceeds (``--tiny``: 768 units at most, within its
+1024 positions). ``--layers N`` cuts both towers to N layers
 (a quick check of the 2B code path on a CPU, not a measurement).
 
 Images: the skimage photographs of :data:`benchmarks._qwen_setup.PHOTOS` (the bundled astronaut
@@ -17,15 +18,17 @@ from 1 MP up, rendered at 0.94 MP and resized below), each at every ``--sizes`` 
 
 Conditions: ``stock`` (vLLM's own architecture) and, through the plugin's architecture (one engine,
 settings per request in ``mm_processor_kwargs``), ``none`` (keep every unit: the control) and
-budget ``a=<alpha>``. Each engine runs in a subprocess of its own and is warmed up on every image
-and condition first; prefix caching and the multimodal processor cache are off, so every request
-is processed and prefilled in full. Per size, condition and round (``--rounds``, conditions
-interleaved; medians reported): one ``generate`` call on every image ``--repeats`` times
+budget ``a=<alpha>``. Each engine runs in a subprocess of its own; both stay up and take turns
+(a warm-up round of every condition per size, then ``--rounds`` timed rounds, the engine going
+first alternating), so drifts in machine load hit stock and plugin alike. Prefix caching and the
+multimodal processor cache are off: every request is processed and prefilled in full. Per size,
+condition and round: one ``generate`` call on every image ``--repeats`` times
 (``--max-tokens`` tokens each, EOS ignored) gives requests/s and prompt tokens/s (wall clock, the
 multimodal processor included); then each image alone with ``max_tokens=1`` gives TTFT from
 ``RequestOutput.metrics.first_token_latency`` (arrival, before the processor, to the first token,
-on an idle engine; wall time of that call where vLLM gives no metrics). Ratios are against stock at
-the same size.
+on an idle engine; wall time of that call where vLLM gives no metrics). Reported: the best round's
+throughput and each image's best TTFT (on a shared machine the least disturbed by other load; the
+row dicts keep every round's wall time). Ratios are against stock at the same size.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -149,48 +152,88 @@ class _Engine:
         n = len(self.images[mp])
         return wall, [self.ttft(r) for r in self.requests(mp, settings)], [len(o.prompt_token_ids) for o in outputs[:n]]
 
-    def rows(self, mp: float) -> list[dict]:
-        """One row per condition at size ``mp``: a warm-up round, then ``rounds`` timed ones."""
-        t0 = time.perf_counter()
-        for _, settings in self.spec["conditions"]:
-            self.measure(mp, settings)
-        print(f"engine {self.spec['name']}: warmed up at {mp:g} MP in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
-        runs = {label: [] for label, _ in self.spec["conditions"]}
-        for _ in range(self.spec["rounds"]):  # conditions interleaved, so drifts in load hit them alike
-            for label, settings in self.spec["conditions"]:
-                runs[label].append(self.measure(mp, settings))
-        kinds = [kind for kind, _ in self.images[mp]]
-        return [dict(mp=mp, condition=label, requests=len(kinds) * self.spec["repeats"], kinds=kinds,
-                     wall_s=statistics.median(r[0] for r in runs[label]),
-                     ttft_s=np.median([r[1] for r in runs[label]], axis=0).tolist(), prompt_tokens=runs[label][-1][2])
-                for label in runs]
-
 
 def worker(spec: dict) -> None:
-    """One engine, every condition it serves: prints ``RESULT <json>`` (vLLM's version, rows, TTFT source)."""
+    """One engine: prints ``READY <json>``, then for each size read from stdin one round of its
+    conditions, ``ROUND <json>`` ({label: [wall s, TTFTs s, prompt tokens]}), until stdin closes."""
     t0 = time.perf_counter()
     import vllm
 
     engine = _Engine(spec)
-    print(f"engine {spec['name']}: imported and started in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    rows = [row for mp in engine.images for row in engine.rows(mp)]
-    result = {"version": vllm.__version__, "rows": rows, "ttft": sorted(engine.ttft_sources)}
-    print("RESULT " + json.dumps(result), flush=True)
+    print("READY " + json.dumps({"version": vllm.__version__, "start_s": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        mp = json.loads(line)
+        result = {label: engine.measure(mp, settings) for label, settings in spec["conditions"]}
+        print("ROUND " + json.dumps({"conditions": result, "ttft": sorted(engine.ttft_sources)}), flush=True)
 
 
-def run_worker(spec: dict, timeout: float) -> dict:
-    """``worker(spec)`` in a fresh interpreter (one in-process vLLM engine per process)."""
-    code = "import json, sys; from benchmarks.bench_vllm import worker; worker(json.loads(sys.argv[1]))"
-    run = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout)
-    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-    if run.returncode or not lines:
-        raise RuntimeError(f"engine {spec['name']} failed (exit {run.returncode}):\n{run.stderr[-4000:]}")
-    for line in run.stderr.splitlines():
-        if line.startswith(f"engine {spec['name']}:"):
-            print("  " + line, flush=True)
-    return json.loads(lines[-1].removeprefix("RESULT "))
+class _Worker:
+    """``worker(spec)`` in a fresh interpreter (one in-process vLLM engine per process), driven
+    round by round; killed after ``timeout`` seconds."""
+
+    def __init__(self, spec: dict, log: Path, timeout: float) -> None:
+        code = "import json, sys; from benchmarks.bench_vllm import worker; worker(json.loads(sys.argv[1]))"
+        self.name, self.log = spec["name"], log
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], cwd=ROOT, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        self.timer = threading.Timer(timeout, self.proc.kill)
+        self.timer.start()
+        self.ready = self.expect("READY")
+
+    def expect(self, tag: str) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(tag + " "):
+                return json.loads(line.removeprefix(tag + " "))
+        code = self.proc.wait()
+        raise RuntimeError(f"engine {self.name} exited ({code}):\n{self.log.read_text()[-4000:]}")
+
+    def round(self, mp: float) -> dict:
+        self.proc.stdin.write(json.dumps(mp) + "\n")
+        self.proc.stdin.flush()
+        return self.expect("ROUND")
+
+    def close(self) -> None:
+        self.timer.cancel()
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def measure(specs: list[dict], sizes: list[float], rounds: int, tmp: Path, timeout: float) -> tuple[list, dict]:
+    """Both engines started one after the other and kept; per size a warm-up round of each, then
+    ``rounds`` rounds alternating which engine goes first. Returns rows and run facts."""
+    workers = []
+    try:
+        for spec in specs:
+            workers.append(_Worker(spec, tmp / f"{spec['name']}.log", timeout))
+            print(f"  engine {spec['name']}: imported and started in {workers[-1].ready['start_s']:.0f} s", flush=True)
+        rows, ttft = [], set()
+        for mp in sizes:
+            t0 = time.perf_counter()
+            for w in workers:
+                w.round(mp)
+            print(f"  {mp:g} MP: warm-up round {time.perf_counter() - t0:.0f} s", flush=True)
+            runs = {}
+            for i in range(rounds):
+                for w in workers[:: 1 if i % 2 == 0 else -1]:
+                    result = w.round(mp)
+                    ttft |= set(result["ttft"])
+                    for label, run in result["conditions"].items():
+                        runs.setdefault(label, []).append(run)
+            kinds = [kind for kind, *_ in dict(specs[0]["images"])[mp]]
+            rows += [dict(mp=mp, condition=label, requests=len(kinds) * specs[0]["repeats"], kinds=kinds,
+                          wall_s=min(r[0] for r in run), wall_s_rounds=[r[0] for r in run],
+                          prompt_tokens=run[-1][2], ttft_s=np.min([r[1] for r in run], axis=0).tolist())
+                     for label, run in runs.items()]
+        return rows, {"version": workers[0].ready["version"], "ttft": sorted(ttft)}
+    finally:
+        for w in workers:
+            w.close()
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -200,13 +243,13 @@ def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random checkpoint on CPU, small images (CI)")
     parser.add_argument("--sizes", type=setup.positive_float, nargs="+",
-                        help="image sizes in megapixels (default 1 4; --tiny: 0.1)")
+                        help="image sizes in megapixels (default 1 4; --tiny: 0.1 0.3)")
     parser.add_argument("--alphas", type=setup.unit_float, nargs="+", default=[0.5, 0.3, 0.2], help="budget alphas")
     parser.add_argument("--mode", choices=["multiscale", "drop"], default="multiscale")
     parser.add_argument("--repeats", type=setup.positive_int,
                         help="times each image is in the timed batch (default 4; --tiny: 2)")
-    parser.add_argument("--rounds", type=setup.positive_int, default=3,
-                        help="timed rounds (conditions interleaved); medians are reported (default 3)")
+    parser.add_argument("--rounds", type=setup.positive_int, default=5,
+                        help="timed rounds; the best is reported (default 5)")
     parser.add_argument("--max-tokens", type=setup.positive_int, default=16, help="generated tokens per request")
     parser.add_argument("--limit", type=setup.positive_int,
                         help="first N photographs and first N documents only (default: all)")
@@ -214,11 +257,12 @@ def parse_args(argv: list[str] | None):
                         help="2B shapes with N layers in each tower: a quick check of the code path on CPU")
     parser.add_argument("--device", choices=["cuda", "cpu"],
                         help="default: cuda where torch sees one (it must be vLLM's build), else cpu")
-    parser.add_argument("--timeout", type=setup.positive_float, default=3600, help="seconds per engine")
+    parser.add_argument("--timeout", type=setup.positive_float, default=3600,
+                        help="seconds before an engine's process is killed")
     args = parser.parse_args(argv)
     if args.tiny and args.layers:
         parser.error("--layers applies to the 2B shapes, not --tiny")
-    args.sizes = args.sizes or ([0.1] if args.tiny else [1.0, 4.0])
+    args.sizes = args.sizes or ([0.1, 0.3] if args.tiny else [1.0, 4.0])
     args.repeats = args.repeats or (2 if args.tiny else 4)
     if args.device is None:
         import torch
@@ -235,6 +279,8 @@ def engine_kwargs(path: str, args, max_pixels: int, plugin: bool) -> dict:
                   max_num_batched_tokens=max_model_len if cpu else max(8192, max_model_len),
                   enable_prefix_caching=False, mm_processor_cache_gb=0, disable_log_stats=False, seed=0,
                   dtype="float32" if args.tiny else "bfloat16", enforce_eager=cpu)
+    if not cpu:  # both engines stay up, taking turns
+        kwargs["gpu_memory_utilization"] = 0.4
     if not args.tiny:
         kwargs["load_format"] = "dummy"
     if plugin:
@@ -297,24 +343,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_model(tmp / "model", args.tiny, max_pixels, args.layers)
         files, sources = write_images(tmp, args.sizes, args.limit)
         prompt = setup.prompt(setup.make_stock_processor("torchvision"))
-        base = dict(images=list(files.items()), prompt=prompt, repeats=args.repeats, rounds=args.rounds,
-                    max_tokens=args.max_tokens)
-        rows, version, ttft = [], None, set()
-        for name, conditions in (("stock", [("stock", None)]), ("plugin", plugin)):
-            spec = dict(base, name=name, conditions=conditions,
-                        engine=engine_kwargs(str(tmp / "model"), args, max_pixels, name == "plugin"))
-            result = run_worker(spec, args.timeout)
-            rows, version, ttft = rows + result["rows"], result["version"], ttft | set(result["ttft"])
+        base = dict(images=list(files.items()), prompt=prompt, repeats=args.repeats, max_tokens=args.max_tokens)
+        specs = [dict(base, name=name, conditions=conditions,
+                      engine=engine_kwargs(str(tmp / "model"), args, max_pixels, name == "plugin"))
+                 for name, conditions in (("stock", [("stock", None)]), ("plugin", plugin))]
+        rows, facts = measure(specs, args.sizes, args.rounds, tmp, args.timeout)
     order = {label: i for i, (label, _) in enumerate([("stock", None), *plugin])}
     rows = summarise(sorted(rows, key=lambda r: (r["mp"], order[r["condition"]])))
     model = "tiny random Qwen2-VL, float32" if args.tiny else (
         f"Qwen2-VL-2B shapes{f' cut to {args.layers} layers' if args.layers else ''}, dummy weights, bf16")
     kinds = files[args.sizes[0]]
     photos = sum(kind == "photo" for kind, *_ in kinds)
-    print(f"vLLM {version} on {args.device}; {model}; budget {args.mode}, default score; "
+    print(f"vLLM {facts['version']} on {args.device}; {model}; budget {args.mode}, default score; "
           f"{photos} photographs ({', '.join(sources)}) and {len(kinds) - photos} documents per size, each "
-          f"{args.repeats}x per timed batch, {args.max_tokens} tokens per request, median of {args.rounds} rounds; "
-          f"TTFT: {' / '.join(sorted(ttft))}, one request at a time, mean over images; "
+          f"{args.repeats}x per timed batch, {args.max_tokens} tokens per request, best of {args.rounds} rounds; "
+          f"TTFT: {' / '.join(facts['ttft'])}, one request at a time, mean over images of each one's best; "
           f"{time.perf_counter() - start:.0f} s in all")
     print(table(rows))
     return rows

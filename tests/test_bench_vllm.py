@@ -24,7 +24,7 @@ QUICK = ["--limit", "1", "--repeats", "1", "--rounds", "1", "--max-tokens", "2"]
 
 @needs_vllm
 def test_tiny_prunes_as_alpha_drops_and_keep_all_equals_stock(capsys):
-    rows = bench_vllm.main(["--tiny", *QUICK])
+    rows = bench_vllm.main(["--tiny", "--sizes", "0.1", *QUICK])
     out = capsys.readouterr().out
     conditions = ["stock", "none", "a=0.5", "a=0.3", "a=0.2"]
     assert [r["condition"] for r in rows] == conditions
