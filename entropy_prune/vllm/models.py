@@ -24,7 +24,7 @@ from ..qwen.families import Qwen2_5VLFamily, Qwen2VLFamily, Qwen3VLFamily, full_
 from ..qwen.modeling import _check_regions, _sequence_positions
 from . import processing
 from ._version import check_version
-from .processing import _KEYS, check_settings
+from .processing import _KEYS, check_settings, numbered, selection_kwargs
 
 __all__ = [
     "EntropyPruneQwen2VLForConditionalGeneration",
@@ -55,21 +55,20 @@ def check_engine(vllm_config: Any) -> None:
             "entropy_prune's architectures do not support encoder CUDA graphs (they assume full grids); "
             "leave compilation_config.cudagraph_mm_encoder off"
         )
-    engine = dict(mm.mm_processor_kwargs or {})
-    flat = {k: v for k, v in engine.items() if not isinstance(v, dict)}
+    engine = mm.mm_processor_kwargs or {}
     for scope in ("images_kwargs", "videos_kwargs"):
         try:
-            check_settings({**flat, **engine.get(scope, {})}, f"engine mm_processor_kwargs ({scope})")
+            check_settings(selection_kwargs(engine, scope), f"engine mm_processor_kwargs ({scope})")
         except VLLMValidationError as err:
             raise ValueError(str(err)) from err
 
 
 def _item_regions(regions: Any, counts: Any) -> list[torch.Tensor]:
-    """Per-item (n_i, 5) regions from a batch's concatenated field, item column set to 0."""
+    """Per-item (n_i, 5) regions from a batch's concatenated field (item column as each HF call
+    wrote it)."""
     regions = torch.cat(list(regions)) if isinstance(regions, (list, tuple)) else regions
     counts = torch.as_tensor([int(c) for c in counts]) if isinstance(counts, (list, tuple)) else counts
-    out = list(torch.as_tensor(regions, dtype=torch.long).split(counts.flatten().tolist()))
-    return [torch.cat([torch.zeros_like(r[:, :1]), r[:, 1:]], 1) for r in out]
+    return list(torch.as_tensor(regions, dtype=torch.long).split(counts.flatten().tolist()))
 
 
 def _is_full(regions: list[torch.Tensor], grid_thw: torch.Tensor, m: int) -> bool:
@@ -78,6 +77,13 @@ def _is_full(regions: list[torch.Tensor], grid_thw: torch.Tensor, m: int) -> boo
         len(r) == int(g.prod()) // (m * m) and bool((r[:, 1] == 1).all())
         for r, g in zip(regions, grid_thw, strict=True)
     )
+
+
+def _rotary(visual: Any, grid_thw: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n * m*m, D) rotary cos and sin of the kept patches at their (h, w) ``position_ids``."""
+    cos, sin = visual.rotary_pos_emb.get_cos_sin(int(grid_thw[:, 1:].max()))
+    pos = position_ids.to(cos.device)
+    return cos[pos].flatten(1), sin[pos].flatten(1)
 
 
 def _cu(visual: Any, cu_seqlens: torch.Tensor, device: torch.device) -> dict[str, Any]:
@@ -112,10 +118,8 @@ class _Pruned:
         return self._with_regions("video", super()._parse_and_validate_video_input, kwargs)
 
     def _with_regions(self, modality: str, parse: Any, kwargs: dict) -> Any:
-        _, _, key, count_key, _ = _KEYS[modality]
-        regions, counts = kwargs.pop(key, None), kwargs.pop(count_key, None)
-        for other in _KEYS.values():
-            kwargs.pop(other[2], None), kwargs.pop(other[3], None)
+        fields = {k: kwargs.pop(k, None) for keys in _KEYS.values() for k in keys[2:4]}  # not the stock parser's
+        regions, counts = (fields[k] for k in _KEYS[modality][2:4])
         out = parse(**kwargs)
         if out is not None and regions is not None and counts is not None:
             out.kept_regions = _item_regions(regions, counts)
@@ -135,9 +139,8 @@ class _Pruned:
         m = self._family.merge_size(self)
         if per_item is None or inputs["type"] != pixel_key or _is_full(per_item, grid, m):
             return stock(inputs)
-        regions = torch.cat([torch.cat([torch.full_like(r[:, :1], i), r[:, 1:]], 1) for i, r in enumerate(per_item)])
         pixels = inputs[pixel_key]
-        regions = _check_regions(regions, pixels, grid, m, modality)
+        regions = _check_regions(numbered(per_item), pixels, grid, m, modality)
         features = self.visual(pixels, None, encoder_metadata=self._encoder_metadata(grid, regions))
         return features.split([len(r) for r in per_item])
 
@@ -145,12 +148,11 @@ class _Pruned:
         """Qwen2-VL: rotary cos/sin per kept patch, per-frame segments."""
         visual = self.visual
         layout = self._family.tower_layout(self, grid_thw, regions)
-        cos, sin = visual.rotary_pos_emb.get_cos_sin(int(grid_thw[:, 1:].max()))
-        pos = layout["position_ids"].to(cos.device)
+        cos, sin = _rotary(visual, grid_thw, layout["position_ids"])
         cu = layout["cu_seqlens"]
         return {
-            "rotary_pos_emb_cos": cos[pos].flatten(1),
-            "rotary_pos_emb_sin": sin[pos].flatten(1),
+            "rotary_pos_emb_cos": cos,
+            "rotary_pos_emb_sin": sin,
             "cu_seqlens": cu.to(visual.device),
             "max_seqlen": visual.compute_attn_mask_seqlen(cu),
         }
@@ -160,22 +162,20 @@ class _Pruned:
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[torch.Tensor, int]:
         """(3, L) positions and the rope delta of one request: the adapter's item positions."""
         m = self._family.merge_size(self)
-        items: dict[int, list] = {1: [], 2: []}
-        pruned = False
+        features = []  # (feature, its (1, 3) grid, its regions with item column 0)
         for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
-            modality = feature.modality
-            _, grid_key, key, _, _ = _KEYS[modality]
+            _, grid_key, key, _, _ = _KEYS[feature.modality]
             grid = feature.data[grid_key].data.reshape(1, 3).to(torch.long)
             field = feature.data.get(key)
-            regions = full_grid_regions(grid, m) if field is None else field.data.clone()
-            regions[:, 0] = 0
-            pruned = pruned or not _is_full([regions], grid, m)
+            features.append((feature, grid, full_grid_regions(grid, m) if field is None else numbered([field.data])))
+        if all(_is_full([regions], grid, m) for _, grid, regions in features):
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        items: dict[int, list] = {code: [] for code in _CODES.values()}
+        for feature, grid, regions in features:
             inputs = {}
             if "second_per_grid_ts" in feature.data:
                 inputs["second_per_grid_ts"] = [feature.data["second_per_grid_ts"].data]
-            items[_CODES[modality]].extend(self._family.items(self, modality, grid, regions, inputs))
-        if not pruned:
-            return super().get_mrope_input_positions(input_tokens, mm_features)
+            items[_CODES[feature.modality]].extend(self._family.items(self, feature.modality, grid, regions, inputs))
         tokens = torch.as_tensor(input_tokens)
         types = torch.zeros_like(tokens)
         for modality, code in _CODES.items():
@@ -193,12 +193,11 @@ class _PrunedWindows(_Pruned):
         layout = self._family.tower_layout(self, grid_thw, regions)
         m = self._family.merge_size(self)
         order = layout["window_index"]
-        cos, sin = visual.rotary_pos_emb.get_cos_sin(int(grid_thw[:, 1:].max()))
-        pos = layout["position_ids"].to(cos.device)
 
-        def windowed(table: torch.Tensor) -> torch.Tensor:
-            rows = table[pos].flatten(1)
+        def windowed(rows: torch.Tensor) -> torch.Tensor:
             return rows.reshape(len(order), m * m, -1)[order.to(rows.device)].flatten(0, 1)
+
+        cos, sin = _rotary(visual, grid_thw, layout["position_ids"])
 
         full, window = _cu(visual, layout["cu_seqlens"], device), _cu(visual, layout["cu_window_seqlens"], device)
         return {
@@ -224,12 +223,11 @@ class _PrunedQwen3(_Pruned):
         m = self._family.merge_size(self)
         pos_embeds = visual.fast_pos_embed_interpolate(grid_thw.tolist())
         rows = Qwen3VLFamily.full_grid_rows(grid_thw, regions, layout["position_ids"], m)
-        cos, sin = visual.rotary_pos_emb.get_cos_sin(int(grid_thw[:, 1:].max()))
-        pos = layout["position_ids"].to(cos.device)
+        cos, sin = _rotary(visual, grid_thw, layout["position_ids"])
         return {
             "pos_embeds": pos_embeds[rows.to(pos_embeds.device)],
-            "rotary_pos_emb_cos": cos[pos].flatten(1),
-            "rotary_pos_emb_sin": sin[pos].flatten(1),
+            "rotary_pos_emb_cos": cos,
+            "rotary_pos_emb_sin": sin,
             **_cu(visual, layout["cu_seqlens"], visual.device),
         }
 

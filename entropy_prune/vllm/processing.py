@@ -63,7 +63,13 @@ def check_settings(given: Mapping[str, Any], where: str) -> None:
                 raise VLLMValidationError(f"{where}: {err}", parameter=key, value=given[key]) from err
 
 
-def _selection_kwargs(merged: Mapping[str, Any], scope: str) -> dict[str, Any]:
+def numbered(per_item: list[torch.Tensor]) -> torch.Tensor:
+    """(sum n_i, 5) regions of several items, each item's column 0 set to its index in the list
+    (the column a single HF call wrote is stale once items of several calls meet)."""
+    return torch.cat([torch.cat([torch.full_like(r[:, :1], i), r[:, 1:]], 1) for i, r in enumerate(per_item)])
+
+
+def selection_kwargs(merged: Mapping[str, Any], scope: str) -> dict[str, Any]:
     """The settings and other keys a modality's HF call gets: its scope over the flat keys."""
     flat = {k: v for k, v in merged.items() if not isinstance(v, Mapping)}
     return {**flat, **dict(merged.get(scope) or {})}
@@ -119,7 +125,7 @@ class _PruningProcessor:
         merged = self.info._merge_and_resolve_mm_processor_kwargs(inputs.hf_processor_mm_kwargs)
         for modality, keys in _KEYS.items():
             if inputs.mm_data_items.get_count(modality, strict=False):
-                check_settings(_selection_kwargs(merged, keys[4]), f"mm_processor_kwargs for {modality}s")
+                check_settings(selection_kwargs(merged, keys[4]), f"mm_processor_kwargs for {modality}s")
         return super().apply(inputs, timing_ctx)
 
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
@@ -143,7 +149,7 @@ class _PruningProcessor:
             if out.get(key) is None:
                 out[key] = full_grid_regions(grid, m)
             out[count_key] = torch.bincount(out[key][:, 0], minlength=len(grid))
-            _check_nonempty(out[count_key], modality, _selection_kwargs(merged, scope))
+            _check_nonempty(out[count_key], modality, selection_kwargs(merged, scope))
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
@@ -216,8 +222,7 @@ class PruningQwen3VLProcessor(_PruningProcessor, Qwen3VLMultiModalProcessor):
         finally:
             _CAPTURE.videos = None
         if captured and all(r is not None for r in captured):
-            out[VIDEO_REGIONS_KEY] = torch.cat([torch.cat([torch.full_like(r[:, :1], i), r[:, 1:]], 1)
-                                                for i, r in enumerate(captured)])
+            out[VIDEO_REGIONS_KEY] = numbered(captured)
         return self._complete(out, hf_kwargs)
 
     def _replacement(self, modality, out_mm_kwargs, item_idx):
