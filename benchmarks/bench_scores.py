@@ -1,5 +1,5 @@
 """Time and peak memory of entropy maps (+ budget selection), ours vs two references; the default
-selection (detail score) alone and with ``tolerance=0``.
+selection (detail score) alone and with ``tolerance=0`` and ``tolerance=4``.
 
     python -m benchmarks.bench_scores [--repeats 20]
 
@@ -114,8 +114,16 @@ def ours_tolerance(img):
     return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=0)
 
 
+def ours_tolerance4(img):
+    """The default selection after removing cells predicted within 4 gray levels."""
+    from entropy_prune import select_patches
+
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=4)
+
+
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
            "ours: detail budget": ours_default, "ours: + tolerance 0": ours_tolerance,
+           "ours: + tolerance 4": ours_tolerance4,
            "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
 
 

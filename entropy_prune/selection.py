@@ -178,14 +178,21 @@ def _unit_grid(arr: np.ndarray, p: int) -> np.ndarray:
     return x[: rows * p, : cols * p].reshape(rows, p, cols, p, x.shape[2])
 
 
+def _distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|x - y| elementwise: in the dtype itself for unsigned integers (max - min cannot wrap),
+    else in float64."""
+    if x.dtype == y.dtype and np.issubdtype(x.dtype, np.unsignedinteger):
+        return np.maximum(x, y) - np.minimum(x, y)
+    return np.abs(x.astype(np.float64) - y)
+
+
 def _close(x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
     """(n,) True where units x[i] and y[i] ((n, p, p, C), y may broadcast) differ by at most tol
     in every value."""
-    n = x.shape[0]
+    n, size = x.shape[0], math.prod(x.shape[1:])
     if tol == 0:
-        return np.broadcast_to(x == y, x.shape).reshape(n, -1).all(1)
-    diff = np.abs(x.astype(np.float64) - y)
-    return np.broadcast_to(diff, x.shape).reshape(n, -1).max(1) <= tol
+        return np.broadcast_to(x == y, x.shape).reshape(n, size).all(1)
+    return np.broadcast_to(_distance(x, y), x.shape).reshape(n, size).max(1) <= tol
 
 
 def _predict(grid: np.ndarray, r: np.ndarray, c: np.ndarray, tol: float) -> np.ndarray:
@@ -241,21 +248,76 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     if tol == 0:  # what is shown is the image itself: every comparison at once
         out[:rows, :cols] = _predictable_exact(grid)
         return out
+    # What is shown differs from the image by at most tol, and a prediction copies what is shown,
+    # so a removed cell lies within 2 tol of one of the four predictions made from the image
+    # itself (its edge pixels at least): only those candidates are tried (margin: float rounding).
+    left, up, ext_left, ext_up = _neighbour_matches(grid, 2 * tol * (1 + 1e-9), confirm=False)
+    candidate = left | up | ext_left | ext_up
+    candidate[0] = left[0]
+    candidate[:, 0] = up[:, 0]
+    candidate[0, 0] = False
+    r, c = np.nonzero(candidate)
+    if r.size == 0:
+        return out
+    # First as if every neighbour showed the image itself. That holds, and the answer is final,
+    # for every candidate none of whose neighbours (left, upper, upper-left) is shown changed: a
+    # neighbour removed with a prediction that differs from it, or one that depends on such.
+    pred = _predict(grid, r, c, tol)
+    x = grid[r, :, c]
+    ok = _close(x, pred, tol)
+    changed = np.zeros((rows, cols), dtype=bool)
+    changed[r[ok], c[ok]] = ~_close(x[ok], pred[ok], 0)
+    depends = _downstream(changed, candidate) if changed.any() else changed
+    final = ~depends[r, c]
+    out[r[ok & final], c[ok & final]] = True
+    if not depends.any():
+        return out
     shown = grid.copy()
-    for r, c in _diagonals(rows, cols):
-        pred = _predict(shown, r, c, tol)
-        ok = _close(grid[r, :, c], pred, tol)
-        out[r[ok], c[ok]] = True
-        shown[r[ok], :, c[ok]] = pred[ok]
+    keep = ok & final & changed[r, c]
+    shown[r[keep], :, c[keep]] = pred[keep]
+    for r, c in _diagonals(rows, cols):  # the rest in dependency order
+        pick = depends[r, c]
+        if pick.any():
+            r, c = r[pick], c[pick]
+            pred = _predict(shown, r, c, tol)
+            ok = _close(grid[r, :, c], pred, tol)
+            out[r[ok], c[ok]] = True
+            shown[r[ok], :, c[ok]] = pred[ok]
     return out
 
 
-def _predictable_exact(grid: np.ndarray) -> np.ndarray:
-    """:func:`_predictable` at tolerance 0 on a (rows, p, cols, p, C) unit grid: bool (rows, cols).
+def _downstream(seed: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """bool (rows, cols): the ``candidate`` cells whose left, upper or upper-left neighbour is in
+    ``seed`` (a subset of ``candidate``) or, recursively, in the result. A row at a time: along a
+    run of candidates, everything after the first cell reached from above or seeded is reached."""
+    rows, cols = seed.shape
+    out = np.zeros_like(seed)
+    idx = np.arange(cols)
+    above = np.zeros(cols, dtype=bool)  # reached from the row above: its cell or its left cell
+    for r in range(rows):
+        cand = candidate[r]
+        start = np.maximum.accumulate(np.where(cand & ~np.r_[False, cand[:-1]], idx, -1))
+        trigger = np.maximum.accumulate(np.where(seed[r] | (above & cand), idx, -1))
+        before = np.r_[-1, trigger[:-1]]  # the last trigger left of each cell
+        out[r] = cand & (above | (before >= start))
+        hit = seed[r] | out[r]
+        above = hit | np.r_[False, hit[:-1]]
+    return out
 
-    What is shown is the image itself, so every comparison is made at once: first on the cells'
-    first and last pixel columns / rows (1/p of the pixels each), then in full only where those
-    agree."""
+
+def _edges_close(x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
+    """bool (rows, cols'): pixel edges x and y ((rows, cols', n)) differ by at most tol in every value."""
+    if tol == 0:
+        return (x == y).all(-1)
+    return _distance(x, y).max(-1) <= tol
+
+
+def _neighbour_matches(grid: np.ndarray, tol: float, confirm: bool = True) -> tuple[np.ndarray, ...]:
+    """Four bool (rows, cols) maps of a (rows, p, cols, p, C) unit grid: each cell within ``tol``
+    in every value of its left cell (A), of its upper cell (B), of A's last pixel column repeated
+    across, of B's last row repeated down (False where that neighbour is outside). Compared first
+    on the cells' first and last pixel columns / rows (1/p of the pixels each), then in full only
+    where those agree (with ``confirm``; without, a superset: the edges agree)."""
     rows, cols = grid.shape[0], grid.shape[2]
     # each cell's edge pixels as contiguous (rows, cols, p * C) rows: ~5x faster to compare than
     # the strided columns of the image
@@ -265,24 +327,32 @@ def _predictable_exact(grid: np.ndarray) -> np.ndarray:
 
     def confirmed(candidate: np.ndarray, reference) -> np.ndarray:
         r, c = np.nonzero(candidate)
-        if r.size:
-            candidate[r, c] = _close(grid[r, :, c], reference(r, c), 0)
+        if r.size and confirm:
+            candidate[r, c] = _close(grid[r, :, c], reference(r, c), tol)
         return candidate
 
-    left = np.zeros((rows, cols), dtype=bool)  # X == A
-    up = np.zeros((rows, cols), dtype=bool)  # X == B
-    ext_left = np.zeros((rows, cols), dtype=bool)  # X == A's last column, repeated across
-    ext_up = np.zeros((rows, cols), dtype=bool)  # X == B's last row, repeated down
-    same_last_col = (last_col[:, 1:] == last_col[:, :-1]).all(-1)
-    same_last_row = (last_row[1:] == last_row[:-1]).all(-1)
-    left[:, 1:] = same_last_col & (first_col[:, 1:] == first_col[:, :-1]).all(-1)
-    up[1:] = same_last_row & (first_row[1:] == first_row[:-1]).all(-1)
-    ext_left[:, 1:] = same_last_col & (first_col[:, 1:] == last_col[:, :-1]).all(-1)
-    ext_up[1:] = same_last_row & (first_row[1:] == last_row[:-1]).all(-1)
-    left = confirmed(left, lambda r, c: grid[r, :, c - 1])
-    up = confirmed(up, lambda r, c: grid[r - 1, :, c])
-    ext_left = confirmed(ext_left, lambda r, c: grid[r, :, c - 1][:, :, -1:])
-    ext_up = confirmed(ext_up, lambda r, c: grid[r - 1, :, c][:, -1:])
+    left = np.zeros((rows, cols), dtype=bool)
+    up = np.zeros((rows, cols), dtype=bool)
+    ext_left = np.zeros((rows, cols), dtype=bool)
+    ext_up = np.zeros((rows, cols), dtype=bool)
+    same_last_col = _edges_close(last_col[:, 1:], last_col[:, :-1], tol)
+    same_last_row = _edges_close(last_row[1:], last_row[:-1], tol)
+    left[:, 1:] = same_last_col & _edges_close(first_col[:, 1:], first_col[:, :-1], tol)
+    up[1:] = same_last_row & _edges_close(first_row[1:], first_row[:-1], tol)
+    ext_left[:, 1:] = same_last_col & _edges_close(first_col[:, 1:], last_col[:, :-1], tol)
+    ext_up[1:] = same_last_row & _edges_close(first_row[1:], last_row[:-1], tol)
+    return (confirmed(left, lambda r, c: grid[r, :, c - 1]),
+            confirmed(up, lambda r, c: grid[r - 1, :, c]),
+            confirmed(ext_left, lambda r, c: grid[r, :, c - 1][:, :, -1:]),
+            confirmed(ext_up, lambda r, c: grid[r - 1, :, c][:, -1:]))
+
+
+def _predictable_exact(grid: np.ndarray) -> np.ndarray:
+    """:func:`_predictable` at tolerance 0 on a (rows, p, cols, p, C) unit grid: bool (rows, cols).
+
+    What is shown is the image itself, so every comparison is made at once."""
+    rows, cols = grid.shape[0], grid.shape[2]
+    left, up, ext_left, ext_up = _neighbour_matches(grid, 0)  # X == A, X == B, X == A / B extended
     ok = np.zeros((rows, cols), dtype=bool)
     ok[0, 1:] = left[0, 1:]
     ok[1:, 0] = up[1:, 0]

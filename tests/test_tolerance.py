@@ -12,6 +12,7 @@ from strategies import images
 
 from entropy_prune import reconstruct, select_patches
 from entropy_prune.scores import score_maps
+from entropy_prune.selection import _downstream
 
 
 @st.composite
@@ -91,6 +92,30 @@ def test_removed_cells_match_a_cell_by_cell_reference(case, tol):
     assert np.array_equal(sel.predicted, reference_predicted(img, p, tol))
     assert np.array_equal(sel.label_map == 0, sel.predicted)
     assert sel.num_tokens == sel.num_cells - int(sel.predicted.sum()) and sel.tolerance == tol
+
+
+@given(tiled_images(max_cells=12), st.sampled_from([1, 2, 3]))
+def test_removed_cells_match_the_reference_on_larger_grids(case, tol):
+    """Longer chains of cells shown changed (removed within tol of, not equal to, the image), which
+    the dependency-ordered pass recomputes."""
+    img, p = case
+    assert np.array_equal(select_patches(img, None, patch_size=p, tolerance=tol).predicted,
+                          reference_predicted(img, p, tol))
+
+
+@given(st.integers(1, 8), st.integers(1, 8), st.data())
+def test_downstream_matches_a_cell_by_cell_walk(rows, cols, data):
+    def bools():
+        return np.array(data.draw(st.lists(st.booleans(), min_size=rows * cols, max_size=rows * cols))).reshape(rows,
+                                                                                                              cols)
+
+    candidate = bools()
+    seed = candidate & bools()
+    expected = np.zeros_like(seed)
+    for r, c in np.ndindex(rows, cols):  # raster order: every neighbour is decided first
+        near = [(r, c - 1), (r - 1, c), (r - 1, c - 1)]
+        expected[r, c] = candidate[r, c] and any(i >= 0 and j >= 0 and (seed[i, j] or expected[i, j]) for i, j in near)
+    assert np.array_equal(_downstream(seed, candidate), expected)
 
 
 @given(tiled_images(), st.sampled_from([0, 1, 2, 5]), st.sampled_from(["multiscale", "drop"]))
