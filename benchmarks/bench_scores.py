@@ -16,6 +16,7 @@ sees torch allocations) and tracemalloc's peak (exact for numpy allocations).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -107,23 +108,16 @@ def ours_default(img):
     return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES)
 
 
-def ours_tolerance(img):
-    """The default selection after removing exactly predictable cells (tolerance 0)."""
+def ours_tolerance(img, tolerance=0):
+    """The default selection after removing cells predicted within ``tolerance`` gray levels."""
     from entropy_prune import select_patches
 
-    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=0)
-
-
-def ours_tolerance4(img):
-    """The default selection after removing cells predicted within 4 gray levels."""
-    from entropy_prune import select_patches
-
-    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=4)
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=tolerance)
 
 
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
            "ours: detail budget": ours_default, "ours: + tolerance 0": ours_tolerance,
-           "ours: + tolerance 4": ours_tolerance4,
+           "ours: + tolerance 4": functools.partial(ours_tolerance, tolerance=4),
            "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
 
 

@@ -254,8 +254,7 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     left, up, ext_left, ext_up = _neighbour_matches(grid, 2 * tol * (1 + 1e-9), confirm=False)
     candidate = left | up | ext_left | ext_up
     candidate[0] = left[0]
-    candidate[:, 0] = up[:, 0]
-    candidate[0, 0] = False
+    candidate[:, 0] = up[:, 0]  # (0, 0) stays False: it has neither neighbour
     r, c = np.nonzero(candidate)
     if r.size == 0:
         return out
