@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._image import cells_to_pixels, check_image, check_int, check_real, is_torch, like_input
-from .selection import Selection, _diagonals, _predict, _tolerance_units, _unit_grid
+from .selection import Selection, _predict, _tolerance_units, _unit_grid
 
 __all__ = ["reconstruct"]
 
@@ -64,13 +64,14 @@ def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, 
 
 def _fill_predicted(out: np.ndarray, predicted: np.ndarray, p: int, tol: float) -> None:
     """Write each predicted cell of ``out`` ((H, W, C), everything else final) as its prediction
-    from what ``out`` shows of its neighbours, in dependency order (the selection's rule)."""
+    from what ``out`` shows of its neighbours, in raster (dependency) order: the selection's rule."""
     grid = _unit_grid(out, p)
-    for r, c in _diagonals(grid.shape[0], grid.shape[2]):
-        pick = predicted[r, c]
-        if pick.any():
-            r, c = r[pick], c[pick]
-            grid[r, :, c] = _predict(grid, r, c, tol)
+
+    def cell(i: int, j: int) -> np.ndarray:
+        return grid[i, :, j]
+
+    for r, c in zip(*np.nonzero(predicted), strict=True):
+        grid[r, :, c] = _predict(cell, int(r), int(c), tol)
 
 
 def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: float = 0.5,

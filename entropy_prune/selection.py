@@ -179,8 +179,8 @@ def _unit_grid(arr: np.ndarray, p: int) -> np.ndarray:
 
 
 def _distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """|x - y| elementwise: in the dtype itself for unsigned integers (max - min cannot wrap),
-    else in float64."""
+    """|x - y| elementwise (broadcast): in the dtype itself for unsigned integers (max - min cannot
+    wrap), else in float64."""
     if x.dtype == y.dtype and np.issubdtype(x.dtype, np.unsignedinteger):
         return np.maximum(x, y) - np.minimum(x, y)
     return np.abs(x.astype(np.float64) - y)
@@ -195,39 +195,36 @@ def _close(x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
     return np.broadcast_to(_distance(x, y), x.shape).reshape(n, size).max(1) <= tol
 
 
-def _predict(grid: np.ndarray, r: np.ndarray, c: np.ndarray, tol: float) -> np.ndarray:
-    """Predictions (n, p, p, C) of the units at (r, c) (none at (0, 0)) from their left (A), upper
-    (B) and upper-left (C) neighbours in ``grid`` (a :func:`_unit_grid`), which must already hold
-    what is shown there. First row: A; first column: B. Elsewhere PixelPrune's LOCO-I rule, B if
-    C ~ A and not C ~ B, else A, except where neither holds: then A's last pixel column extended
-    across the unit if that extension of C gives B, else B's last pixel row extended down if that
-    extension of C gives A (a new band or block right of or below an edge). ~ is equality within
-    ``tol`` in every value."""
-    a = grid[r, :, np.maximum(c - 1, 0)]
-    b = grid[np.maximum(r - 1, 0), :, c]
-    pred = np.where((c > 0)[:, None, None, None], a, b)
-    inner = np.flatnonzero((r > 0) & (c > 0))
-    if inner.size:
-        ai, bi = a[inner], b[inner]
-        ci = grid[r[inner] - 1, :, c[inner] - 1]
-        vertical, horizontal = _close(ci, ai, tol), _close(ci, bi, tol)
-        neither = ~vertical & ~horizontal
-        extend_left = neither & _close(bi, ci[:, :, -1:], tol)
-        extend_up = neither & ~extend_left & _close(ai, ci[:, -1:], tol)
-        out = ai.copy()
-        out[vertical & ~horizontal] = bi[vertical & ~horizontal]
-        out[extend_left] = np.broadcast_to(ai[extend_left][:, :, -1:], ai[extend_left].shape)
-        out[extend_up] = np.broadcast_to(bi[extend_up][:, -1:], bi[extend_up].shape)
-        pred[inner] = out
-    return pred
+_SIGNED = {np.dtype(t): w for t, w in ((np.uint8, np.int16), (np.int8, np.int16), (np.uint16, np.int32),
+                                         (np.int16, np.int32))}  # holds any difference of two values
 
 
-def _diagonals(rows: int, cols: int):
-    """(r, c) index arrays of each anti-diagonal of a rows x cols grid after (0, 0), in order:
-    every unit's left, upper and upper-left neighbours lie on earlier ones."""
-    for d in range(1, rows + cols - 1):
-        r = np.arange(max(0, d - cols + 1), min(d, rows - 1) + 1)
-        yield r, d - r
+def _same(x: np.ndarray, y: np.ndarray, tol: float) -> bool:
+    """One unit x ((p, p, C)) within tol of y (broadcast, same dtype) in every value."""
+    if tol == 0:
+        return bool((x == y).all())
+    return bool(np.abs(np.subtract(x, y, dtype=_SIGNED.get(x.dtype, np.float64))).max() <= tol)
+
+
+def _predict(cell: Callable[[int, int], np.ndarray], r: int, c: int, tol: float) -> np.ndarray:
+    """Prediction (p, p, C) of the unit at (r, c) (not (0, 0)) from what ``cell(i, j)`` shows of its
+    left (A), upper (B) and upper-left (C) neighbours. First row: A; first column: B. Elsewhere
+    PixelPrune's LOCO-I rule, B if C ~ A and not C ~ B, else A, except where neither holds: then
+    A's last pixel column extended across the unit if that extension of C gives B, else B's last
+    pixel row extended down if that extension of C gives A (a new band or block right of or below
+    an edge). ~ is equality within ``tol`` in every value. :func:`_rules` is the same rule on a
+    whole grid showing the image itself."""
+    if r == 0 or c == 0:
+        return cell(r, c - 1) if r == 0 else cell(r - 1, c)
+    a, b, ci = cell(r, c - 1), cell(r - 1, c), cell(r - 1, c - 1)
+    vertical, horizontal = _same(ci, a, tol), _same(ci, b, tol)
+    if vertical or horizontal:
+        return b if vertical and not horizontal else a
+    if _same(b, ci[:, -1:], tol):
+        return np.broadcast_to(a[:, -1:], a.shape)
+    if _same(a, ci[-1:], tol):
+        return np.broadcast_to(b[-1:], b.shape)
+    return a
 
 
 def _tolerance_units(tolerance: float, rng: tuple[float, float]) -> float:
@@ -245,78 +242,51 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     rows, cols = grid.shape[0], grid.shape[2]
     if rows == 0 or cols == 0:
         return out
-    if tol == 0:  # what is shown is the image itself: every comparison at once
-        out[:rows, :cols] = _predictable_exact(grid)
+    gaps = _edge_gaps(grid, exact=tol == 0)
+    at_tol = _neighbour_matches(grid, tol, gaps)
+    rule = _rules(*at_tol)
+    ok = np.choose(rule, at_tol)  # decided as if every neighbour showed the image itself
+    if tol == 0:  # ... which it does: a cell removed is shown as itself
+        out[:rows, :cols] = ok
         return out
-    # What is shown differs from the image by at most tol, and a prediction copies what is shown,
-    # so a removed cell lies within 2 tol of one of the four predictions made from the image
-    # itself (its edge pixels at least): only those candidates are tried (margin: float rounding).
-    left, up, ext_left, ext_up = _neighbour_matches(grid, 2 * tol * (1 + 1e-9), confirm=False)
-    candidate = left | up | ext_left | ext_up
-    candidate[0] = left[0]
-    candidate[:, 0] = up[:, 0]  # (0, 0) stays False: it has neither neighbour
-    r, c = np.nonzero(candidate)
-    if r.size == 0:
-        return out
-    # First as if every neighbour showed the image itself. That holds, and the answer is final,
-    # for every candidate none of whose neighbours (left, upper, upper-left) is shown changed: a
-    # neighbour removed with a prediction that differs from it, or one that depends on such.
-    pred = _predict(grid, r, c, tol)
-    x = grid[r, :, c]
-    ok = _close(x, pred, tol)
-    changed = np.zeros((rows, cols), dtype=bool)
-    changed[r[ok], c[ok]] = ~_close(x[ok], pred[ok], 0)
-    depends = _downstream(changed, candidate) if changed.any() else changed
-    final = ~depends[r, c]
-    out[r[ok & final], c[ok & final]] = True
-    if not depends.any():
-        return out
-    shown = grid.copy()
-    keep = ok & final & changed[r, c]
-    shown[r[keep], :, c[keep]] = pred[keep]
-    for r, c in _diagonals(rows, cols):  # the rest in dependency order
-        pick = depends[r, c]
-        if pick.any():
-            r, c = r[pick], c[pick]
-            pred = _predict(shown, r, c, tol)
-            ok = _close(grid[r, :, c], pred, tol)
-            out[r[ok], c[ok]] = True
-            shown[r[ok], :, c[ok]] = pred[ok]
+    # Where a removed cell's prediction differs from it (shown changed), the cells after it are
+    # decided again from what is shown, one at a time in raster order. What is shown differs from
+    # the image by at most tol, and a prediction copies what is shown, so a removed cell lies
+    # within 2 tol of one of the four predictions made from the image itself (its edge pixels at
+    # least): only those candidates are walked (margin: float rounding).
+    changed = ok & (np.choose(rule, gaps) > 0)  # edges differ: not shown as itself
+    r, c = np.nonzero(ok & ~changed)
+    references = _references(grid)
+    for k in range(4):
+        pick = rule[r, c] == k
+        changed[r[pick], c[pick]] = ~_close(grid[r[pick], :, c[pick]], references[k](r[pick], c[pick]), 0)
+    screen = _neighbour_matches(grid, 2 * tol * (1 + 1e-9), gaps, confirm=False)
+    candidate = np.logical_or.reduce(screen)
+    candidate[0], candidate[:, 0] = screen[0][0], screen[1][:, 0]  # first row: A only; first column: B only
+    shown: dict[tuple[int, int], np.ndarray] = {}  # values of cells shown changed
+
+    def cell(i: int, j: int) -> np.ndarray:
+        return shown[i, j] if (i, j) in shown else grid[i, :, j]
+
+    walk = candidate & (np.cumsum(changed).reshape(rows, cols) > 0)  # from the first cell shown changed on
+    for r, c in zip(*np.nonzero(walk), strict=True):
+        r, c = int(r), int(c)
+        if (r, c - 1) in shown or (r - 1, c) in shown or (r - 1, c - 1) in shown:  # decide again
+            pred, x = _predict(cell, r, c, tol), grid[r, :, c]
+            ok[r, c] = _same(x, pred, tol)
+            if ok[r, c] and not _same(x, pred, 0):
+                shown[r, c] = np.array(pred)
+        elif changed[r, c]:
+            shown[r, c] = np.array(_predict(cell, r, c, tol))
+    out[:rows, :cols] = ok
     return out
 
 
-def _downstream(seed: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """bool (rows, cols): the ``candidate`` cells whose left, upper or upper-left neighbour is in
-    ``seed`` (a subset of ``candidate``) or, recursively, in the result. A row at a time: along a
-    run of candidates, everything after the first cell reached from above or seeded is reached."""
-    rows, cols = seed.shape
-    out = np.zeros_like(seed)
-    idx = np.arange(cols)
-    above = np.zeros(cols, dtype=bool)  # reached from the row above: its cell or its left cell
-    for r in range(rows):
-        cand = candidate[r]
-        start = np.maximum.accumulate(np.where(cand & ~np.r_[False, cand[:-1]], idx, -1))
-        trigger = np.maximum.accumulate(np.where(seed[r] | (above & cand), idx, -1))
-        before = np.r_[-1, trigger[:-1]]  # the last trigger left of each cell
-        out[r] = cand & (above | (before >= start))
-        hit = seed[r] | out[r]
-        above = hit | np.r_[False, hit[:-1]]
-    return out
-
-
-def _edges_close(x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
-    """bool (rows, cols'): pixel edges x and y ((rows, cols', n)) differ by at most tol in every value."""
-    if tol == 0:
-        return (x == y).all(-1)
-    return _distance(x, y).max(-1) <= tol
-
-
-def _neighbour_matches(grid: np.ndarray, tol: float, confirm: bool = True) -> tuple[np.ndarray, ...]:
-    """Four bool (rows, cols) maps of a (rows, p, cols, p, C) unit grid: each cell within ``tol``
-    in every value of its left cell (A), of its upper cell (B), of A's last pixel column repeated
-    across, of B's last row repeated down (False where that neighbour is outside). Compared first
-    on the cells' first and last pixel columns / rows (1/p of the pixels each), then in full only
-    where those agree (with ``confirm``; without, a superset: the edges agree)."""
+def _edge_gaps(grid: np.ndarray, exact: bool) -> tuple[np.ndarray, ...]:
+    """Four float64 (rows, cols) maps of a (rows, p, cols, p, C) unit grid: for each comparison of
+    :func:`_neighbour_matches`, the largest difference between the two pixel edges that it
+    compares first (each cell's first and last pixel column or row, 1/p of its values); inf where
+    the neighbour is outside. With ``exact``, 0 where the edges are equal and 1 where not (faster)."""
     rows, cols = grid.shape[0], grid.shape[2]
     # each cell's edge pixels as contiguous (rows, cols, p * C) rows: ~5x faster to compare than
     # the strided columns of the image
@@ -324,44 +294,56 @@ def _neighbour_matches(grid: np.ndarray, tol: float, confirm: bool = True) -> tu
                            for i in (0, -1))
     first_row, last_row = (grid[:, i].reshape(rows, cols, -1) for i in (0, -1))
 
-    def confirmed(candidate: np.ndarray, reference) -> np.ndarray:
-        r, c = np.nonzero(candidate)
+    def gap(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return (x != y).any(-1).astype(np.float64) if exact else _distance(x, y).max(-1).astype(np.float64)
+
+    same_last_col = gap(last_col[:, 1:], last_col[:, :-1])
+    same_last_row = gap(last_row[1:], last_row[:-1])
+    out = tuple(np.full((rows, cols), np.inf) for _ in range(4))
+    out[0][:, 1:] = np.maximum(same_last_col, gap(first_col[:, 1:], first_col[:, :-1]))
+    out[1][1:] = np.maximum(same_last_row, gap(first_row[1:], first_row[:-1]))
+    out[2][:, 1:] = np.maximum(same_last_col, gap(first_col[:, 1:], last_col[:, :-1]))
+    out[3][1:] = np.maximum(same_last_row, gap(first_row[1:], last_row[:-1]))
+    return out
+
+
+def _neighbour_matches(grid: np.ndarray, tol: float, gaps: tuple[np.ndarray, ...],
+                       confirm: bool = True) -> list[np.ndarray]:
+    """Four bool (rows, cols) maps of a (rows, p, cols, p, C) unit grid: each cell within ``tol``
+    in every value of its left cell (A), of its upper cell (B), of A's last pixel column repeated
+    across, of B's last row repeated down (False where that neighbour is outside). Compared first
+    on the edges (``gaps``, from :func:`_edge_gaps`), then in full only where those agree (with
+    ``confirm``; without, a superset: the edges agree)."""
+    out = []
+    for gap, reference in zip(gaps, _references(grid), strict=True):
+        match = gap <= tol
+        r, c = np.nonzero(match)
         if r.size and confirm:
-            candidate[r, c] = _close(grid[r, :, c], reference(r, c), tol)
-        return candidate
-
-    left = np.zeros((rows, cols), dtype=bool)
-    up = np.zeros((rows, cols), dtype=bool)
-    ext_left = np.zeros((rows, cols), dtype=bool)
-    ext_up = np.zeros((rows, cols), dtype=bool)
-    same_last_col = _edges_close(last_col[:, 1:], last_col[:, :-1], tol)
-    same_last_row = _edges_close(last_row[1:], last_row[:-1], tol)
-    left[:, 1:] = same_last_col & _edges_close(first_col[:, 1:], first_col[:, :-1], tol)
-    up[1:] = same_last_row & _edges_close(first_row[1:], first_row[:-1], tol)
-    ext_left[:, 1:] = same_last_col & _edges_close(first_col[:, 1:], last_col[:, :-1], tol)
-    ext_up[1:] = same_last_row & _edges_close(first_row[1:], last_row[:-1], tol)
-    return (confirmed(left, lambda r, c: grid[r, :, c - 1]),
-            confirmed(up, lambda r, c: grid[r - 1, :, c]),
-            confirmed(ext_left, lambda r, c: grid[r, :, c - 1][:, :, -1:]),
-            confirmed(ext_up, lambda r, c: grid[r - 1, :, c][:, -1:]))
+            match[r, c] = _close(grid[r, :, c], reference(r, c), tol)
+        out.append(match)
+    return out
 
 
-def _predictable_exact(grid: np.ndarray) -> np.ndarray:
-    """:func:`_predictable` at tolerance 0 on a (rows, p, cols, p, C) unit grid: bool (rows, cols).
+def _references(grid: np.ndarray) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...]:
+    """The four predictions of :func:`_neighbour_matches` from the image itself, as functions of
+    cell indices (r, c) -> (n, p, p, C) (broadcast): A, B, A's last column across, B's last row down."""
+    return (lambda r, c: grid[r, :, c - 1], lambda r, c: grid[r - 1, :, c],
+            lambda r, c: grid[r, :, c - 1][:, :, -1:], lambda r, c: grid[r - 1, :, c][:, -1:])
 
-    What is shown is the image itself, so every comparison is made at once."""
-    rows, cols = grid.shape[0], grid.shape[2]
-    left, up, ext_left, ext_up = _neighbour_matches(grid, 0)  # X == A, X == B, X == A / B extended
-    ok = np.zeros((rows, cols), dtype=bool)
-    ok[0, 1:] = left[0, 1:]
-    ok[1:, 0] = up[1:, 0]
-    vertical, horizontal = up[1:, :-1], left[:-1, 1:]  # C == A, C == B
+
+def _rules(left: np.ndarray, up: np.ndarray, ext_left: np.ndarray, ext_up: np.ndarray) -> np.ndarray:
+    """int (rows, cols): the prediction :func:`_predict` makes for each cell of a grid that shows
+    the image itself, from its :func:`_neighbour_matches` maps (X ~ A, X ~ B, X ~ A / B extended):
+    0 = A, 1 = B, 2 = A's last column extended, 3 = B's last row extended. (0, 0) gets 0 (A,
+    outside: never matched)."""
+    rule = np.zeros(left.shape, dtype=np.intp)
+    rule[1:, 0] = 1  # first column: B
+    vertical, horizontal = up[1:, :-1], left[:-1, 1:]  # C ~ A, C ~ B
     neither = ~vertical & ~horizontal
     extend_left = neither & ext_left[:-1, 1:]  # extending C's last column gives B
     extend_up = neither & ~extend_left & ext_up[1:, :-1]  # extending C's last row gives A
-    ok[1:, 1:] = np.where(vertical & ~horizontal, up[1:, 1:],
-                          np.where(extend_left, ext_left[1:, 1:], np.where(extend_up, ext_up[1:, 1:], left[1:, 1:])))
-    return ok
+    rule[1:, 1:] = np.where(vertical & ~horizontal, 1, np.where(extend_left, 2, np.where(extend_up, 3, 0)))
+    return rule
 
 
 def _coarsest_tiling(maps: list[np.ndarray]) -> np.ndarray:

@@ -8,12 +8,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from strategies import images
 
 from entropy_prune import reconstruct, select_patches
 from entropy_prune.scores import score_maps
-from entropy_prune.selection import _downstream
 
 
 @st.composite
@@ -59,8 +57,9 @@ def reference_prediction(a, b, cc, p, same):
     return a
 
 
-def reference_predicted(img: np.ndarray, p: int, tol: float) -> np.ndarray:
-    """One cell at a time in raster order (the rule as documented), on whole cells."""
+def reference_predicted(img: np.ndarray, p: int, tol: float, shown_too: bool = False):
+    """One cell at a time in raster order (the rule as documented), on whole cells: the removed
+    cells, and with ``shown_too`` also what is shown of the whole cells (float64)."""
     x = (img if img.ndim == 3 else img[..., None]).astype(np.float64)
     rows, cols = x.shape[0] // p, x.shape[1] // p
     shown = x[: rows * p, : cols * p].copy()
@@ -83,7 +82,7 @@ def reference_predicted(img: np.ndarray, p: int, tol: float) -> np.ndarray:
         if same(unit(r, c), pred):
             out[r, c] = True
             shown[r * p:(r + 1) * p, c * p:(c + 1) * p] = pred
-    return out
+    return (out, shown) if shown_too else out
 
 
 @given(tiled_images(), st.sampled_from([0, 0.5, 2, 3, 40]))
@@ -104,17 +103,14 @@ def test_removed_cells_match_the_reference_on_larger_grids(case, tol):
                           reference_predicted(img, p, tol))
 
 
-@given(st.tuples(st.integers(1, 8), st.integers(1, 8)).flatmap(lambda shape: st.tuples(arrays(bool, shape),
-                                                                                        arrays(bool, shape))))
-def test_downstream_matches_a_cell_by_cell_walk(masks):
-    candidate, other = masks
-    seed = candidate & other
-    rows, cols = seed.shape
-    expected = np.zeros_like(seed)
-    for r, c in np.ndindex(rows, cols):  # raster order: every neighbour is decided first
-        near = [(r, c - 1), (r - 1, c), (r - 1, c - 1)]
-        expected[r, c] = candidate[r, c] and any(i >= 0 and j >= 0 and (seed[i, j] or expected[i, j]) for i, j in near)
-    assert np.array_equal(_downstream(seed, candidate), expected)
+@given(tiled_images(max_cells=12), st.sampled_from([0, 1, 3]))
+def test_reconstruct_shows_what_the_reference_shows(case, tol):
+    """Removed cells are shown as the reference's predictions, value for value."""
+    img, p = case
+    out = reconstruct(img, select_patches(img, None, patch_size=p, tolerance=tol), patch_size=p)
+    _, shown = reference_predicted(img, p, tol, shown_too=True)
+    h, w = shown.shape[:2]
+    assert np.array_equal(out[:h, :w], shown.astype(np.uint8))
 
 
 @given(tiled_images(), st.sampled_from([0, 1, 2, 5]), st.sampled_from(["multiscale", "drop"]))
