@@ -212,7 +212,7 @@ def _predict(cell: Callable[[int, int], np.ndarray], r: int, c: int, tol: float)
     PixelPrune's LOCO-I rule, B if C ~ A and not C ~ B, else A, except where neither holds: then
     A's last pixel column extended across the unit if that extension of C gives B, else B's last
     pixel row extended down if that extension of C gives A (a new band or block right of or below
-    an edge). ~ is equality within ``tol`` in every value. :func:`_rules` is the same rule on a
+    an edge). ~ is equality within ``tol`` in every value. :func:`_speculate` is the same rule on a
     whole grid showing the image itself."""
     if r == 0 or c == 0:
         return cell(r, c - 1) if r == 0 else cell(r - 1, c)
@@ -243,9 +243,7 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     if rows == 0 or cols == 0:
         return out
     gaps = _edge_gaps(grid, exact=tol == 0)
-    at_tol = _neighbour_matches(grid, tol, gaps)
-    rule = _rules(*at_tol)
-    ok = np.choose(rule, at_tol)  # decided as if every neighbour showed the image itself
+    rule, ok = _speculate(grid, tol, gaps)  # as if every neighbour showed the image itself
     if tol == 0:  # ... which it does: a cell removed is shown as itself
         out[:rows, :cols] = ok
         return out
@@ -256,11 +254,10 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     # least): only those candidates are walked (margin: float rounding).
     changed = ok & (np.choose(rule, gaps) > 0)  # edges differ: not shown as itself
     r, c = np.nonzero(ok & ~changed)
-    references = _references(grid)
-    for k in range(4):
+    for k, reference in enumerate(_references(grid)):
         pick = rule[r, c] == k
-        changed[r[pick], c[pick]] = ~_close(grid[r[pick], :, c[pick]], references[k](r[pick], c[pick]), 0)
-    screen = _neighbour_matches(grid, 2 * tol * (1 + 1e-9), gaps, confirm=False)
+        changed[r[pick], c[pick]] = ~_close(grid[r[pick], :, c[pick]], reference(r[pick], c[pick]), 0)
+    screen = [gap <= 2 * tol * (1 + 1e-9) for gap in gaps]
     candidate = np.logical_or.reduce(screen)
     candidate[0], candidate[:, 0] = screen[0][0], screen[1][:, 0]  # first row: A only; first column: B only
     shown: dict[tuple[int, int], np.ndarray] = {}  # values of cells shown changed
@@ -283,10 +280,11 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
 
 
 def _edge_gaps(grid: np.ndarray, exact: bool) -> tuple[np.ndarray, ...]:
-    """Four float64 (rows, cols) maps of a (rows, p, cols, p, C) unit grid: for each comparison of
-    :func:`_neighbour_matches`, the largest difference between the two pixel edges that it
-    compares first (each cell's first and last pixel column or row, 1/p of its values); inf where
-    the neighbour is outside. With ``exact``, 0 where the edges are equal and 1 where not (faster)."""
+    """Four float64 (rows, cols) maps of a (rows, p, cols, p, C) unit grid, one per prediction of
+    :func:`_references`: the largest difference between each cell's first and last pixel column
+    (for A and A extended) or row (for B and B extended) and the prediction's (1/p of the values
+    each); inf where the neighbour is outside. With ``exact``, 0 where equal and 1 where not
+    (faster)."""
     rows, cols = grid.shape[0], grid.shape[2]
     # each cell's edge pixels as contiguous (rows, cols, p * C) rows: ~5x faster to compare than
     # the strided columns of the image
@@ -307,43 +305,44 @@ def _edge_gaps(grid: np.ndarray, exact: bool) -> tuple[np.ndarray, ...]:
     return out
 
 
-def _neighbour_matches(grid: np.ndarray, tol: float, gaps: tuple[np.ndarray, ...],
-                       confirm: bool = True) -> list[np.ndarray]:
-    """Four bool (rows, cols) maps of a (rows, p, cols, p, C) unit grid: each cell within ``tol``
-    in every value of its left cell (A), of its upper cell (B), of A's last pixel column repeated
-    across, of B's last row repeated down (False where that neighbour is outside). Compared first
-    on the edges (``gaps``, from :func:`_edge_gaps`), then in full only where those agree (with
-    ``confirm``; without, a superset: the edges agree)."""
-    out = []
-    for gap, reference in zip(gaps, _references(grid), strict=True):
-        match = gap <= tol
-        r, c = np.nonzero(match)
-        if r.size and confirm:
-            match[r, c] = _close(grid[r, :, c], reference(r, c), tol)
-        out.append(match)
-    return out
-
-
 def _references(grid: np.ndarray) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...]:
-    """The four predictions of :func:`_neighbour_matches` from the image itself, as functions of
-    cell indices (r, c) -> (n, p, p, C) (broadcast): A, B, A's last column across, B's last row down."""
+    """The four predictions of a cell from the image itself, as functions of cell indices (r, c) ->
+    (n, p, p, C) (broadcast): its left cell A, its upper cell B, A's last pixel column repeated
+    across, B's last pixel row repeated down."""
     return (lambda r, c: grid[r, :, c - 1], lambda r, c: grid[r - 1, :, c],
             lambda r, c: grid[r, :, c - 1][:, :, -1:], lambda r, c: grid[r - 1, :, c][:, -1:])
 
 
-def _rules(left: np.ndarray, up: np.ndarray, ext_left: np.ndarray, ext_up: np.ndarray) -> np.ndarray:
-    """int (rows, cols): the prediction :func:`_predict` makes for each cell of a grid that shows
-    the image itself, from its :func:`_neighbour_matches` maps (X ~ A, X ~ B, X ~ A / B extended):
-    0 = A, 1 = B, 2 = A's last column extended, 3 = B's last row extended. (0, 0) gets 0 (A,
-    outside: never matched)."""
+def _speculate(grid: np.ndarray, tol: float, gaps: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_predict`'s rule on every cell of a (rows, p, cols, p, C) unit grid that shows the
+    image itself: int (rows, cols), which of the :func:`_references` each cell is predicted by
+    (first row: A, first column: B), and bool (rows, cols), where that prediction is within
+    ``tol`` of the cell ((0, 0): False). Cells are compared in full only where their edges
+    (``gaps``, from :func:`_edge_gaps`) agree, and with an extended neighbour only where the
+    rule asks (those comparisons are the slow ones)."""
+    references = _references(grid)
+
+    def matches(k: int, where: np.ndarray) -> np.ndarray:  # cell ~ reference k, where asked and edges agree
+        r, c = np.nonzero(where & (gaps[k] <= tol))
+        out = np.zeros(where.shape, dtype=bool)
+        out[r, c] = _close(grid[r, :, c], references[k](r, c), tol) if r.size else False
+        return out
+
+    everywhere = np.ones(gaps[0].shape, dtype=bool)
+    left, up = matches(0, everywhere), matches(1, everywhere)
     rule = np.zeros(left.shape, dtype=np.intp)
     rule[1:, 0] = 1  # first column: B
     vertical, horizontal = up[1:, :-1], left[:-1, 1:]  # C ~ A, C ~ B
     neither = ~vertical & ~horizontal
-    extend_left = neither & ext_left[:-1, 1:]  # extending C's last column gives B
-    extend_up = neither & ~extend_left & ext_up[1:, :-1]  # extending C's last row gives A
+    asked = np.zeros_like(everywhere)
+    asked[:-1, 1:] = neither
+    extend_left = neither & matches(2, asked)[:-1, 1:]  # extending C's last column gives B
+    asked[:] = False
+    asked[1:, :-1] = neither & ~extend_left
+    extend_up = neither & ~extend_left & matches(3, asked)[1:, :-1]  # extending C's last row gives A
     rule[1:, 1:] = np.where(vertical & ~horizontal, 1, np.where(extend_left, 2, np.where(extend_up, 3, 0)))
-    return rule
+    ok = np.choose(rule, (left, up, matches(2, rule == 2), matches(3, rule == 3)))
+    return rule, ok
 
 
 def _coarsest_tiling(maps: list[np.ndarray]) -> np.ndarray:

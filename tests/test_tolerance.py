@@ -212,6 +212,21 @@ def test_page_with_a_rule():
     assert kept == {(0, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 1)}
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("tol", [0, 3])
+def test_a_new_band_is_predicted_by_extending_a_neighbour(transpose, tol):
+    """2 x 2 cells of 4 px: C (upper left) dark with a light last column, which B (upper right)
+    continues; A (lower left) ends in gray, which X (lower right) continues. No copy of a whole
+    neighbour predicts X, A's last column extended across does (transposed: B's last row down)."""
+    img = np.zeros((8, 8), np.uint8)
+    img[:4, 2:] = 200  # C's right half and all of B
+    img[4:, :2], img[4:, 2:] = 50, 100  # A: 50 | 100; X: 100
+    img = img.T.copy() if transpose else img
+    sel = select_patches(img, None, patch_size=4, tolerance=tol)
+    assert sel.predicted.tolist() == [[False, False], [False, True]]
+    assert np.array_equal(reconstruct(img, sel, patch_size=4), img)
+
+
 @pytest.mark.parametrize("bad", [-1, 255.5, float("nan"), float("inf")])
 def test_bad_tolerance_raises_naming_it_and_its_range(bad):
     with pytest.raises(ValueError, match=r"tolerance must be in \[0, 255\]"):
