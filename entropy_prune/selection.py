@@ -252,11 +252,7 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     # the image by at most tol, and a prediction copies what is shown, so a removed cell lies
     # within 2 tol of one of the four predictions made from the image itself (its edge pixels at
     # least): only those candidates are walked (margin: float rounding).
-    changed = ok & (np.choose(rule, gaps) > 0)  # edges differ: not shown as itself
-    r, c = np.nonzero(ok & ~changed)
-    for k, reference in enumerate(_references(grid)):
-        pick = rule[r, c] == k
-        changed[r[pick], c[pick]] = ~_close(grid[r[pick], :, c[pick]], reference(r[pick], c[pick]), 0)
+    changed = ok & ~np.choose(rule, [_matches(grid, gaps, k, ok & (rule == k), 0) for k in range(4)])
     screen = [gap <= 2 * tol * (1 + 1e-9) for gap in gaps]
     candidate = np.logical_or.reduce(screen)
     candidate[0], candidate[:, 0] = screen[0][0], screen[1][:, 0]  # first row: A only; first column: B only
@@ -313,6 +309,16 @@ def _references(grid: np.ndarray) -> tuple[Callable[[np.ndarray, np.ndarray], np
             lambda r, c: grid[r, :, c - 1][:, :, -1:], lambda r, c: grid[r - 1, :, c][:, -1:])
 
 
+def _matches(grid: np.ndarray, gaps: tuple[np.ndarray, ...], k: int, where: np.ndarray, tol: float) -> np.ndarray:
+    """bool (rows, cols): cells of a (rows, p, cols, p, C) unit grid within ``tol`` in every value
+    of their :func:`_references` prediction ``k``, tried only ``where`` asked (bool (rows, cols))
+    and their edges agree (``gaps[k] <= tol``, from :func:`_edge_gaps`)."""
+    r, c = np.nonzero(where & (gaps[k] <= tol))
+    out = np.zeros(where.shape, dtype=bool)
+    out[r, c] = _close(grid[r, :, c], _references(grid)[k](r, c), tol) if r.size else False
+    return out
+
+
 def _speculate(grid: np.ndarray, tol: float, gaps: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_predict`'s rule on every cell of a (rows, p, cols, p, C) unit grid that shows the
     image itself: int (rows, cols), which of the :func:`_references` each cell is predicted by
@@ -320,13 +326,8 @@ def _speculate(grid: np.ndarray, tol: float, gaps: tuple[np.ndarray, ...]) -> tu
     ``tol`` of the cell ((0, 0): False). Cells are compared in full only where their edges
     (``gaps``, from :func:`_edge_gaps`) agree, and with an extended neighbour only where the
     rule asks (those comparisons are the slow ones)."""
-    references = _references(grid)
-
-    def matches(k: int, where: np.ndarray) -> np.ndarray:  # cell ~ reference k, where asked and edges agree
-        r, c = np.nonzero(where & (gaps[k] <= tol))
-        out = np.zeros(where.shape, dtype=bool)
-        out[r, c] = _close(grid[r, :, c], references[k](r, c), tol) if r.size else False
-        return out
+    def matches(k: int, where: np.ndarray) -> np.ndarray:
+        return _matches(grid, gaps, k, where, tol)
 
     everywhere = np.ones(gaps[0].shape, dtype=bool)
     left, up = matches(0, everywhere), matches(1, everywhere)
