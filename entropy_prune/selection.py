@@ -199,11 +199,19 @@ _SIGNED = {np.dtype(t): w for t, w in ((np.uint8, np.int16), (np.int8, np.int16)
                                          (np.int16, np.int32))}  # holds any difference of two values
 
 
+def _gap(x: np.ndarray, y: np.ndarray) -> float:
+    """Largest |difference| between one unit x ((p, p, C)) and y (broadcast, same dtype)."""
+    return np.abs(np.subtract(x, y, dtype=_SIGNED.get(x.dtype, np.float64))).max()
+
+
 def _same(x: np.ndarray, y: np.ndarray, tol: float) -> bool:
-    """One unit x ((p, p, C)) within tol of y (broadcast, same dtype) in every value."""
+    """One unit x ((p, p, C)) within tol of y (broadcast, same dtype) in every value; True
+    without comparing where they are the same array (a cell shown as a copy of another)."""
+    if x is y:
+        return True
     if tol == 0:
         return bool((x == y).all())
-    return bool(np.abs(np.subtract(x, y, dtype=_SIGNED.get(x.dtype, np.float64))).max() <= tol)
+    return bool(_gap(x, y) <= tol)
 
 
 def _predict(cell: Callable[[int, int], np.ndarray], r: int, c: int, tol: float) -> np.ndarray:
@@ -261,16 +269,19 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     def cell(i: int, j: int) -> np.ndarray:
         return shown[i, j] if (i, j) in shown else grid[i, :, j]
 
+    # A cell shown changed is shown as the very array it was predicted from (a neighbour's, or a
+    # view extending one), so chains of copies compare as the same array without comparing values.
     walk = candidate & (np.cumsum(changed).reshape(rows, cols) > 0)  # from the first cell shown changed on
     for r, c in zip(*np.nonzero(walk), strict=True):
         r, c = int(r), int(c)
         if (r, c - 1) in shown or (r - 1, c) in shown or (r - 1, c - 1) in shown:  # decide again
-            pred, x = _predict(cell, r, c, tol), grid[r, :, c]
-            ok[r, c] = _same(x, pred, tol)
-            if ok[r, c] and not _same(x, pred, 0):
-                shown[r, c] = np.array(pred)
+            pred = _predict(cell, r, c, tol)
+            gap = _gap(grid[r, :, c], pred)
+            ok[r, c] = gap <= tol
+            if ok[r, c] and gap > 0:
+                shown[r, c] = pred
         elif changed[r, c]:
-            shown[r, c] = np.array(_predict(cell, r, c, tol))
+            shown[r, c] = _predict(cell, r, c, tol)
     out[:rows, :cols] = ok
     return out
 
