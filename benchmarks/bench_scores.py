@@ -1,7 +1,7 @@
 """Time and peak memory of entropy maps (+ budget selection), ours vs two references; the default
 selection (detail score) alone and with ``tolerance=0`` and ``tolerance=4``.
 
-    python -m benchmarks.bench_scores [--repeats 20]
+    python -m benchmarks.bench_scores [--repeats 20] [--photos]
 
 References, kept here only:
   one-hot  - per scale, a one-hot int64 histogram tensor per pixel (2 KB/pixel), summed over
@@ -11,6 +11,11 @@ All run on one CPU thread on the same real photograph (skimage astronaut, resize
 4 MP. Memory: extra peak resident memory of a fresh process over its state just before the
 call: the larger of the resident-memory high-water mark (VmHWM, reset just before the call;
 sees torch allocations) and tracemalloc's peak (exact for numpy allocations).
+
+``--photos`` adds the three default-selection rows on each of ``bench_fidelity``'s 18
+photographs, resized (bicubic) to the first size: the median over photographs of each one's
+median time, and the slowest photograph. Removing predictable cells costs more on some content
+than on the astronaut.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ import numpy as np  # noqa: E402 - after the thread-count variables above, which
 P, SCALES, BINS = 28, 3, 256
 
 
-def photo(side: int) -> np.ndarray:
+def photo(side: int, name: str = "astronaut") -> np.ndarray:
+    """A skimage photograph as uint8 RGB, resized (bicubic) to side x side px."""
     from PIL import Image
     from skimage import data
 
-    return np.array(Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC))
+    img = getattr(data, name)()
+    img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
+    return np.array(Image.fromarray(img).resize((side, side), Image.BICUBIC))
 
 
 def luma_bins(img):
@@ -152,6 +160,31 @@ def measure(name: str, side: int, repeats: int) -> dict:
     return {"ms": 1000 * statistics.median(times), "extra_mb": max(extra, 0) / 1024, "image_mb": img.nbytes / 2**20}
 
 
+SELECTIONS = ("ours: detail budget", "ours: + tolerance 0", "ours: + tolerance 4")
+
+
+def measure_photos(side: int, repeats: int) -> dict:
+    """Run in a fresh child: median ms of each of :data:`SELECTIONS` on each fidelity photograph."""
+    import torch
+
+    from benchmarks.bench_fidelity import PHOTOS
+
+    torch.set_num_threads(1)
+    out = {}
+    for name in SELECTIONS:
+        fn, out[name] = METHODS[name], {}
+        for photo_name in PHOTOS:
+            img = photo(side, photo_name)
+            fn(img)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn(img)
+                times.append(time.perf_counter() - t)
+            out[name][photo_name] = 1000 * statistics.median(times)
+    return out
+
+
 def check_agreement(side: int) -> float:
     """Largest |difference| in bits between ours and the one-hot reference (whole cells)."""
     img = photo(side)
@@ -163,11 +196,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="timed calls of our code (references: 3)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000], help="square image sides in px")
+    parser.add_argument("--photos", action="store_true",
+                        help="also time the default selection on the 18 fidelity photographs")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, side, repeats = args.child
-        print(json.dumps(measure(name, int(side), int(repeats))))
+        result = measure_photos(int(side), int(repeats)) if name == "photos" else measure(name, int(side), int(repeats))
+        print(json.dumps(result))
         return
     print(f"entropy maps, patch {P} px, {SCALES} scales, {BINS} bins; one thread; median of repeated calls")
     print(f"{'image':>10} {'method':<22} {'median ms':>10} {'extra peak MB':>14} {'x image':>8} {'speed-up':>9}")
@@ -183,6 +219,19 @@ def main() -> None:
             print(f"{side * side / 1e6:>8.0f}MP {name:<22} {r['ms']:>10.2f} {r['extra_mb']:>14.1f} "
                   f"{r['extra_mb'] / r['image_mb']:>8.2f} {r['ms'] / base:>8.1f}x")
         print(f"{'':>10} max |ours - one-hot| = {check_agreement(side):.2e} bits")
+    if args.photos:
+        side = args.sizes[0]
+        child = [sys.executable, "-m", "benchmarks.bench_scores", "--child", "photos", str(side), str(args.repeats)]
+        out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        rows = json.loads(out.strip().splitlines()[-1])
+        print(f"\n18 fidelity photographs at {side}x{side} px; one thread; per photograph the median of "
+              f"{args.repeats} calls")
+        print(f"{'method':<22} {'median ms':>10} {'slowest ms':>11}  slowest photograph; photographs over 10 ms")
+        for name, per_photo in rows.items():
+            slowest = max(per_photo, key=per_photo.get)
+            over = [f"{p} {ms:.1f}" for p, ms in sorted(per_photo.items(), key=lambda x: -x[1]) if ms > 10]
+            print(f"{name:<22} {statistics.median(per_photo.values()):>10.2f} {per_photo[slowest]:>11.2f}  "
+                  f"{slowest}; {', '.join(over) or 'none'}")
 
 
 if __name__ == "__main__":
