@@ -39,7 +39,7 @@ P, SCALES, BINS = 28, 3, 256
 
 
 def photo(side: int, name: str = "astronaut") -> np.ndarray:
-    """A skimage photograph as uint8 RGB, resized (bicubic) to side x side px."""
+    """A skimage photograph as uint8 RGB (gray ones repeated), resized (bicubic) to side x side px."""
     from PIL import Image
     from skimage import data
 
@@ -134,6 +134,16 @@ def status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def median_ms(fn, img: np.ndarray, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls ``fn(img)``, in ms."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(img)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
 def measure(name: str, side: int, repeats: int) -> dict:
     """Run in this process (a fresh child): extra peak memory of one call, then median time."""
     import tracemalloc
@@ -152,12 +162,7 @@ def measure(name: str, side: int, repeats: int) -> dict:
     traced = tracemalloc.get_traced_memory()[1] / 1024
     tracemalloc.stop()
     extra = max(status_kb("VmHWM") - before, traced)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(img)
-        times.append(time.perf_counter() - t)
-    return {"ms": 1000 * statistics.median(times), "extra_mb": max(extra, 0) / 1024, "image_mb": img.nbytes / 2**20}
+    return {"ms": median_ms(fn, img, repeats), "extra_mb": max(extra, 0) / 1024, "image_mb": img.nbytes / 2**20}
 
 
 SELECTIONS = ("ours: detail budget", "ours: + tolerance 0", "ours: + tolerance 4")
@@ -176,12 +181,7 @@ def measure_photos(side: int, repeats: int) -> dict:
         for photo_name in PHOTOS:
             img = photo(side, photo_name)
             fn(img)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn(img)
-                times.append(time.perf_counter() - t)
-            out[name][photo_name] = 1000 * statistics.median(times)
+            out[name][photo_name] = median_ms(fn, img, repeats)
     return out
 
 
@@ -222,6 +222,7 @@ def main() -> None:
     if args.photos:
         side = args.sizes[0]
         child = [sys.executable, "-m", "benchmarks.bench_scores", "--child", "photos", str(side), str(args.repeats)]
+        # (-m: the child imports bench_fidelity's photograph list)
         out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
         rows = json.loads(out.strip().splitlines()[-1])
         print(f"\n18 fidelity photographs at {side}x{side} px; one thread; per photograph the median of "
