@@ -686,7 +686,7 @@ def test_float_images_without_rescale(processors, patched, images, texts, backen
 ])
 def test_misspelt_settings_raise(processors, images, texts, call, where):
     """A typo in a per-call setting names the setting and the valid ones, instead of running with the default."""
-    with pytest.raises(TypeError, match=where + r".*Selection settings: \['alpha', 'mode'"):
+    with pytest.raises(TypeError, match=where + r".*Selection settings: \['alpha', 'downscale', 'mode'"):
         call(wrap_processor(processors["torchvision"]), images, texts)
 
 

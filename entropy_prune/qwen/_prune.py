@@ -19,6 +19,7 @@ from .._image import BT601
 from ..scores import score_maps
 from ..selection import _check_method, _check_tolerance, _predictable, _select_maps, default_score
 from ._compat import NORM_KEYS
+from ._downscale import fit_to_budget
 from ._units import cat, cut_regions
 
 
@@ -101,21 +102,30 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     return _select_maps(levels, method, alpha, settings["thresholds"], settings["mode"], tolerance, predictable)
 
 
-def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int):
+def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int,
+                min_pixels: int | None = None):
     """Prune one image: score and cut its resized pixels, then rescale/normalise only the cut units.
 
     Args:
         raw: (C, H, W) resized image before rescaling and normalisation.
         normalize: (units, raw dtype) -> the units as the stock pipeline turns pixels of that
             dtype into rows (see :func:`cut_regions`).
+        min_pixels: the processor's lower bound on H * W; with ``downscale`` the image is first
+            shrunk (:func:`fit_to_budget`), never below it.
     Returns:
-        rows ((num_kept * m*m, C*tp*p*p), the stock dtype) and regions int64 (num_kept, 4):
-        (level, t, row, col).
+        rows ((num_kept * m*m, C*tp*p*p), the stock dtype), regions int64 (num_kept, 4):
+        (level, t, row, col), and the (h, w) in patches of the image they were cut from.
     """
+    if settings["downscale"]:
+        raw, budget = fit_to_budget(raw, lambda x: raw_image(x, norm), float(settings["alpha"]),
+                                    settings["tolerance"], m * p, min_pixels)
+        units = (raw.shape[-2] // (m * p)) * (raw.shape[-1] // (m * p))
+        settings = {**settings, "alpha": min(budget / units, 1.0)} if budget else settings
     sel = select_group([raw_image(raw, norm)], None, settings, m * p)
     regions = np.asarray(sel.regions, dtype=np.int64)
     rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
-    return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]])
+    grid = (raw.shape[-2] // p, raw.shape[-1] // p)
+    return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]]), grid
 
 
 def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int):
@@ -167,6 +177,11 @@ def prune_batch(
     by_size: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for raw in raws or []:
         by_size.setdefault(tuple(raw.shape[-2:]), []).append(raw)
+    min_pixels = None
+    if settings["downscale"]:
+        if not kwargs.get("do_resize"):
+            raise ValueError("downscale=True resizes the images further and needs do_resize=True")
+        min_pixels = kwargs["size"]["shortest_edge"]
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):
         if raws is None:
@@ -177,7 +192,8 @@ def prune_batch(
             queue = by_size.get((grid[1] * geometry[0], grid[2] * geometry[0]))
             if not queue:
                 raise RuntimeError(f"no image of {grid[1:]} patches went through patchify for item {i}")
-            rows, regions = prune_image(queue.pop(0), settings, norm, normalize, *geometry)
+            rows, regions, (h, w) = prune_image(queue.pop(0), settings, norm, normalize, *geometry, min_pixels)
+            grid_list[i] = (1, h, w)
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
     pruned = cat(rows_out) if rows_out else pv[:0]
@@ -185,4 +201,8 @@ def prune_batch(
     data = dict(output.data)
     data[pixel_key] = pruned.numpy() if as_numpy else pruned
     data[regions_key] = regions if as_numpy else torch.from_numpy(regions)
+    if settings["downscale"]:  # the grids the rows were cut from, in the stock output's type
+        new = np.array(grid_list, dtype=np.int64).reshape(-1, 3)
+        data[grid_key] = (torch.from_numpy(new).to(grids.device) if isinstance(grids, torch.Tensor)
+                          else new.astype(grids.dtype) if isinstance(grids, np.ndarray) else new.tolist())
     return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+import numpy as np
+
 from .._image import check_real
 from ..selection import check_settings as check_selection
 
@@ -17,6 +19,7 @@ SETTINGS = {
     "score": None,
     "temporal_threshold": None,
     "tolerance": None,
+    "downscale": False,
 }
 """Selection settings a wrapped processor accepts (per call, as attributes, or at construction),
 with their defaults. Values are validated by :func:`entropy_prune.select_patches`."""
@@ -35,8 +38,9 @@ def is_none_method(method: Any) -> bool:
 
 
 def is_stock(settings: dict) -> bool:
-    """The settings prune nothing: method None / "none" and no ``tolerance``."""
-    return is_none_method(settings["patch_selection_method"]) and settings.get("tolerance") is None
+    """The settings prune nothing: method None / "none", no ``tolerance``, no ``downscale``."""
+    return (is_none_method(settings["patch_selection_method"]) and settings.get("tolerance") is None
+            and not settings.get("downscale"))
 
 
 def check_call_keywords(kwargs: dict, valid: set[str], where: str, strict: bool) -> None:
@@ -71,6 +75,12 @@ def check(settings: dict) -> None:
     check_call_keywords(settings, set(SETTINGS), "the selection settings", True)
     keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score", "tolerance")
     check_selection(*(settings[k] for k in keys))
+    downscale = settings["downscale"]
+    if not isinstance(downscale, (bool, np.bool_)):
+        raise TypeError(f"downscale must be True or False, got {downscale!r}")
+    if downscale and settings["patch_selection_method"] != "budget":
+        raise ValueError(f"downscale=True needs patch_selection_method='budget' (it fits the image to the "
+                         f"budget), got {settings['patch_selection_method']!r}")
     if settings["temporal_threshold"] is not None:
         check_real("temporal_threshold", settings["temporal_threshold"], low=0, low_open=True,
                    meaning="luma change in [0, 1] units; or None")

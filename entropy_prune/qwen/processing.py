@@ -110,6 +110,7 @@ class _Pruning:
     score = SETTINGS["score"]
     temporal_threshold = SETTINGS["temporal_threshold"]
     tolerance = SETTINGS["tolerance"]
+    downscale = SETTINGS["downscale"]
 
     def __init__(self, **kwargs: Any) -> None:
         ours = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
@@ -235,7 +236,7 @@ class _PruningVideoProcessor(_Pruning):
     keys = ("pixel_values_videos", "video_grid_thw", VIDEO_REGIONS_KEY)
 
     def _prune(self, stock, settings: dict, kwargs: dict) -> BatchFeature:
-        return prune_batch(stock(), self.keys, settings, kwargs)
+        return prune_batch(stock(), self.keys, {**settings, "downscale": False}, kwargs)  # images only
 
 
 def _with_counts(stock: str, token: str, counts: list[int]) -> str:
@@ -397,7 +398,8 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     ``BatchFeature`` output, ``apply_chat_template``, ``batch_decode``, ``save_pretrained``;
     ``type(wrapped).from_pretrained(path, **settings)`` loads a pruning processor. Its output adds
     ``image_kept_regions`` (int64 (num_kept, 5): image, level, t, row, col in merge units), prunes
-    ``pixel_values`` to 4 rows per kept region, keeps the full ``image_grid_thw``, and (full
+    ``pixel_values`` to 4 rows per kept region, keeps the full ``image_grid_thw`` (with
+    ``downscale``: the down-scaled image's), and (full
     processor) puts one ``<|image_pad|>`` per kept region; videos likewise with
     ``video_kept_regions``, ``pixel_values_videos`` and ``<|video_pad|>`` (per temporal patch).
 
@@ -411,6 +413,15 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     default for the method), no temporal score, ``tolerance=None`` (no cell removed as
     predictable). Method ``None`` / ``"none"`` without ``tolerance`` returns the stock output
     unchanged; with it, only predictable units are removed.
+
+    ``downscale=True`` (method ``"budget"``, images only): before selecting, shrink each resized
+    image further, as a smaller ``max_pixels`` would (smart_resize, antialiased bicubic, never
+    below ``min_pixels``), until its units that ``tolerance`` does not remove (all of them without
+    it) fit the budget, floor(alpha * units + 0.5) of the processor's grid: the image is then
+    shown whole at the largest size found, within ``tolerance``. Each of at most 4 steps aims at
+    ``units * budget / unremoved`` units. Tokens: at most the budget (fewer where the unremoved
+    units fit with room to spare). Best on documents and screenshots with ``tolerance=0``; without
+    ``tolerance`` it is Qwen's own down-scaling to the budget.
 
     Raises:
         TypeError: not a Qwen-VL processor, or an unknown setting.

@@ -1,0 +1,170 @@
+"""``downscale``: images shrunk until their unpredicted units fit the budget, with true grids."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("transformers")
+
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize  # noqa: E402
+
+from entropy_prune import select_patches  # noqa: E402
+from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, unpatch_model, wrap_processor  # noqa: E402
+from entropy_prune.qwen.modeling import _check_regions  # noqa: E402
+from entropy_prune.qwen.testing import family_media, logits, make_model, make_processor, textured_image  # noqa: E402
+
+UNIT, MIN_PIXELS = 28, 56 * 56
+PAGE_SIZE = {"shortest_edge": MIN_PIXELS, "longest_edge": UNIT * UNIT * 2000}
+PROMPT = [{"type": "image"}, {"type": "image"}, {"type": "image"}, {"type": "text", "text": "Read it."}]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return make_processor("torchvision")
+
+
+@pytest.fixture(scope="module")
+def model(processor):
+    return make_model(processor.tokenizer)
+
+
+def page(h: int, w: int, seed: int, lines: int = 12) -> np.ndarray:
+    """uint8 (h, w, 3) white page with ``lines`` dark noisy text-like bands (8-14 px tall) at
+    random places: blank units repeat their neighbours, text units do not."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 255, np.uint8)
+    for _ in range(lines):
+        th, tw = int(rng.integers(8, 15)), int(rng.integers(w // 6, w // 2 + 1))
+        r, c = int(rng.integers(0, h - th)), int(rng.integers(0, w - tw))
+        img[r : r + th, c : c + tw] = rng.integers(0, 160, (th, tw, 1), dtype=np.uint8)
+    return img
+
+
+def resized(processor, image, **size):
+    """The processor's resized uint8 (3, H, W) image, from its un-normalised rows."""
+    out = processor.image_processor([image], do_rescale=False, do_normalize=False, return_tensors="pt", **size)
+    _, h, w = out["image_grid_thw"][0].tolist()
+    x = out["pixel_values"].reshape(h // 2, w // 2, 2, 2, 3, 2, 14, 14)[..., 0, :, :]  # first temporal copy
+    return x.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, h * 14, w * 14).round().to(torch.uint8)
+
+
+def shrink(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(raw[None], (h, w), mode="bicubic", antialias=True, align_corners=False)[0]
+
+
+def test_without_tolerance_it_is_qwens_own_downscaling(processor, model):
+    """No tolerance: each image is what the stock processor makes of the resized image under
+    max_pixels = budget units (same rows, grid and placeholders), and the patched model gives the
+    stock model's logits on that, i.e. the true positions of the smaller grid."""
+    images = [textured_image(112, 168, 0), textured_image(84, 84, 1), textured_image(168, 140, 2)]
+    text = [processor.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)]
+    ours = wrap_processor(processor, alpha=0.5, downscale=True)(images=images, text=text, return_tensors="pt")
+    smaller = []
+    for image in images:
+        raw = resized(processor, image)
+        units = raw.shape[1] // UNIT * (raw.shape[2] // UNIT)
+        h, w = smart_resize(raw.shape[1], raw.shape[2], UNIT, MIN_PIXELS, math.floor(0.5 * units + 0.5) * UNIT * UNIT)
+        assert h * w < raw.shape[1] * raw.shape[2]
+        smaller.append(shrink(raw, h, w).permute(1, 2, 0).numpy())
+    stock = processor(images=smaller, text=text, return_tensors="pt")
+    assert torch.equal(ours["image_grid_thw"], stock["image_grid_thw"])
+    assert torch.equal(ours["pixel_values"], stock["pixel_values"])
+    assert torch.equal(ours["input_ids"], stock["input_ids"])
+    assert (ours[REGIONS_KEY][:, 1] == 1).all()
+    patch_model(model)
+    try:
+        got = logits(model, ours)
+    finally:
+        unpatch_model(model)
+    assert torch.equal(got, logits(model, stock))
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
+@pytest.mark.parametrize("alpha", [0.2, 0.4])
+def test_a_page_is_shown_whole_at_a_smaller_size(backend, alpha):
+    """tolerance=0 on a page: a smaller grid whose every unpredicted unit is kept at full
+    resolution (as the core selects them on the down-scaled image), at most the budget."""
+    proc = make_processor(backend).image_processor
+    image = page(840, 560, 0, lines=60)  # 380 of 600 units unpredicted
+    full = wrap_processor(proc, alpha=alpha, tolerance=0)([image], return_tensors="pt", size=PAGE_SIZE)
+    ours = wrap_processor(proc, alpha=alpha, tolerance=0, downscale=True)([image], return_tensors="pt", size=PAGE_SIZE)
+    stock_grid, grid = full["image_grid_thw"][0].tolist(), ours["image_grid_thw"][0].tolist()
+    budget = math.floor(alpha * stock_grid[1] * stock_grid[2] / 4 + 0.5)
+    regions = ours[REGIONS_KEY]
+    assert grid[1] < stock_grid[1] and grid[2] < stock_grid[2]
+    assert len(regions) <= budget and (regions[:, 1] == 1).all()
+    assert budget - 2 <= len(full[REGIONS_KEY]) <= budget and (full[REGIONS_KEY][:, 1] > 1).any()  # text merged
+    if backend == "torchvision":
+        small = shrink(resized(make_processor(backend), image, size=PAGE_SIZE), grid[1] * 14, grid[2] * 14)
+        sel = select_patches(small, None, channels_first=True, tolerance=0)
+        assert regions[:, [1, 3, 4]].tolist() == sel.regions.tolist()
+    _check_regions(regions, ours["pixel_values"], ours["image_grid_thw"], 2)
+
+
+def test_videos_are_not_downscaled(processor):
+    media = family_media("qwen2_vl")
+    plain = wrap_processor(processor, alpha=0.4, tolerance=0).video_processor(videos=media[1], return_tensors="pt")
+    ours = wrap_processor(processor, alpha=0.4, tolerance=0, downscale=True).video_processor(
+        videos=media[1], return_tensors="pt")
+    for key in ("pixel_values_videos", "video_grid_thw", VIDEO_REGIONS_KEY):
+        assert torch.equal(ours[key], plain[key])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(downscale="yes"), TypeError, "downscale must be True or False"),
+        (dict(downscale=1), TypeError, "downscale must be True or False"),
+        (dict(patch_selection_method="v1", downscale=True), ValueError, "downscale=True needs patch_selection_method"),
+        (dict(patch_selection_method=None, downscale=True), ValueError, "downscale=True needs patch_selection_method"),
+    ],
+)
+def test_bad_downscale_settings(processor, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        wrap_processor(processor, **kwargs)
+    with pytest.raises(error, match=match):
+        wrap_processor(processor).image_processor([textured_image(84, 84, 0)], **kwargs)
+
+
+def test_downscale_needs_resizing(processor):
+    with pytest.raises(ValueError, match="do_resize=True"):
+        wrap_processor(processor, downscale=True).image_processor([textured_image(84, 84, 0)], do_resize=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    h=st.integers(56, 400), w=st.integers(56, 400), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
+    alpha=st.floats(0.01, 1.0), tolerance=st.sampled_from([None, 0, 3]), mode=st.sampled_from(["multiscale", "drop"]),
+)
+def test_downscale_invariants(processor, h, w, seed, lines, alpha, tolerance, mode):
+    """The core's selection, at the budget of the processor's grid, on the image shrunk to a grid
+    no larger; at most the budget where the budget is met; valid for the model; deterministic; a
+    budget that already holds every unpredicted unit changes nothing."""
+    image = page(h, w, seed, lines)
+    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance, mode=mode)
+    plain = proc([image], return_tensors="pt", size=PAGE_SIZE)
+    ours = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
+    again = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+    stock_grid, grid = plain["image_grid_thw"][0].tolist(), ours["image_grid_thw"][0].tolist()
+    budget = math.floor(alpha * stock_grid[1] * stock_grid[2] / 4 + 0.5)
+    assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
+    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
+    raw = resized(processor, image, size=PAGE_SIZE)
+    need = select_patches(raw, None, channels_first=True, tolerance=tolerance).num_tokens
+    event("kept as is" if need <= budget or budget == 0 else "down-scaled" if grid != stock_grid else "no smaller grid")
+    if need <= budget or budget == 0:
+        assert grid == stock_grid and torch.equal(ours[REGIONS_KEY], plain[REGIONS_KEY])
+        return
+    small = shrink(raw, grid[1] * 14, grid[2] * 14)
+    sel = select_patches(small, "budget", min(budget / (grid[1] * grid[2] / 4), 1.0), mode=mode, channels_first=True,
+                         tolerance=tolerance)
+    assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
+    assert len(sel.regions) <= budget or not sel.budget_met
