@@ -1,7 +1,7 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
     python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
-                                   [--tolerance T] [--jobs 2]
+                                   [--tolerance T] [--downscale] [--jobs 2]
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
@@ -14,7 +14,9 @@ the common cap, which is also transformers' Qwen2VLImageProcessor default). Cond
 the resized size:
   full    - the resized page (every 28 px cell, one token each);
   library - ``select_patches(page, "budget", alpha)`` with the library's defaults (``--tolerance``
-            adds that setting), shown by ``reconstruct``;
+            adds that setting), shown by ``reconstruct``; with ``--downscale``, the wrapped
+            processor's ``downscale=True``: the page shrunk until its unremoved units fit the
+            budget, selected there, shown by ``reconstruct`` and scaled back up (bilinear);
   entropy - the same with score="entropy", its budget searched so its count equals the library's;
   uniform - Qwen's own down-scaling: smart_resize at the largest max_pixels whose grid has at most
             the library's token count, bicubic down, bilinear back up;
@@ -48,12 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageFont, ImageOps
 from tqdm import tqdm
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from benchmarks._documents import Region, render_page
 from entropy_prune import detail_maps, reconstruct, select_patches
+from entropy_prune.qwen._downscale import fit_to_budget
 
 UNIT = 28  # px per LLM token side in Qwen2-VL (14 px patches, 2 x 2 merge)
 MIN_PIXELS = 56 * 56
@@ -175,17 +179,36 @@ def matched(image, tokens: int, cells: int, **kwargs):
     return best or sel
 
 
-def conditions(img: np.ndarray, alpha: float, seed: int = 0, **library) -> dict[str, tuple[np.ndarray, int]]:
+def downscaled(img: np.ndarray, alpha: float, **library) -> tuple[np.ndarray, int]:
+    """The wrapped processor's ``downscale=True``: ``img`` shrunk by the adapter's own
+    ``fit_to_budget`` until its unremoved units fit the budget, selected there at that budget,
+    shown by ``reconstruct`` and scaled back up (bilinear) like uniform."""
+    raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    small, budget = fit_to_budget(raw, lambda x: x.numpy(), alpha, library.get("tolerance"), UNIT, MIN_PIXELS)
+    small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
+    units = (small.shape[0] // UNIT) * (small.shape[1] // UNIT)
+    sel = select_patches(small, "budget", min(budget / units, 1.0), **library)
+    return resize(reconstruct(small, sel, UNIT), *img.shape[:2], Image.BILINEAR), sel.num_tokens
+
+
+def conditions(img: np.ndarray, alpha: float, seed: int = 0, downscale: bool = False,
+               **library) -> dict[str, tuple[np.ndarray, int]]:
     """Every condition's shown image (at the size of ``img``) and token count; ``library``: extra
-    keywords of the library's ``select_patches`` call (e.g. tolerance)."""
+    keywords of the library's ``select_patches`` call (e.g. tolerance); ``downscale``: the library
+    condition as the wrapped processor's ``downscale=True`` (:func:`downscaled`)."""
     cells = (img.shape[0] // UNIT) * (img.shape[1] // UNIT)
-    lib = select_patches(img, "budget", alpha, **library)
-    ent = matched(img, lib.num_tokens, cells, score="entropy", **library)
+    if downscale:
+        shown = downscaled(img, alpha, **library)
+    else:
+        lib = select_patches(img, "budget", alpha, **library)
+        shown = reconstruct(img, lib, UNIT), lib.num_tokens
+    tokens = shown[1]
+    ent = matched(img, tokens, cells, score="entropy", **library)
     rng = np.random.default_rng(seed)
     noise = [rng.random(np.asarray(m).shape) for m in detail_maps(img, UNIT)]
-    rand = matched(noise, lib.num_tokens, cells)
-    return {"full": (img, cells), "library": (reconstruct(img, lib, UNIT), lib.num_tokens),
-            "entropy": (reconstruct(img, ent, UNIT), ent.num_tokens), "uniform": uniform(img, lib.num_tokens),
+    rand = matched(noise, tokens, cells)
+    return {"full": (img, cells), "library": shown,
+            "entropy": (reconstruct(img, ent, UNIT), ent.num_tokens), "uniform": uniform(img, tokens),
             "random": (reconstruct(img, rand, UNIT), rand.num_tokens)}
 
 
@@ -336,6 +359,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alphas", type=float, nargs="+", help="budget alphas (default 0.3 0.5; quick: 0.3)")
     parser.add_argument("--resizes", nargs="+", choices=list(RESIZES), help="resize settings (quick: checkpoint)")
     parser.add_argument("--tolerance", type=float, help="the library's select_patches tolerance (default: off)")
+    parser.add_argument("--downscale", action="store_true",
+                        help="the library condition as the wrapped processor's downscale=True")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)
     if shutil.which("tesseract") is None:
@@ -350,6 +375,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     resizes = args.resizes or (["checkpoint"] if args.quick else list(RESIZES))
     specs = QUICK_PAGES if args.quick else PAGES
     library = {} if args.tolerance is None else {"tolerance": args.tolerance}
+    if args.downscale:
+        library["downscale"] = True
     start = time.perf_counter()
     jobs = [(s, name) for s in specs for name in resizes]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:

@@ -102,6 +102,27 @@ def test_conditions_spend_equal_tokens():
         assert np.array_equal(cond["full"][0], img) and not np.array_equal(cond["library"][0], img)
 
 
+def test_downscaled_library_is_lossless_on_a_smaller_grid_at_equal_tokens():
+    page = render_page("body", 560, 448, 12)
+    img = bo.qwen_resize(page.image, bo.RESIZES["checkpoint"])
+    cells = (img.shape[0] // bo.UNIT) * (img.shape[1] // bo.UNIT)
+    for alpha in (0.3, 0.5):
+        cond = bo.conditions(img, alpha, downscale=True, tolerance=0)
+        tokens = {k: n for k, (_, n) in cond.items()}
+        assert tokens["library"] <= round(alpha * cells)
+        for other in ("entropy", "random"):  # matched: the library's count, or up to 2 short
+            assert tokens["library"] - 2 <= tokens[other] <= tokens["library"]
+        assert tokens["uniform"] <= tokens["library"]
+        shown = cond["library"][0]
+        assert shown.shape == img.shape and not np.array_equal(shown, img)
+        # every unit of the smaller grid is shown exactly: the same as scaling that grid back up
+        raw = bo.torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        small, _ = bo.fit_to_budget(raw, lambda x: x.numpy(), alpha, 0, bo.UNIT, bo.MIN_PIXELS)
+        assert small.shape[1] < img.shape[0]
+        back = bo.resize(np.ascontiguousarray(small.numpy().transpose(1, 2, 0)), *img.shape[:2], Image.BILINEAR)
+        assert np.array_equal(shown, back)
+
+
 def _has_font() -> bool:
     try:
         ImageFont.truetype(bo.FONT, 10)
