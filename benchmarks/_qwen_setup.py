@@ -34,6 +34,36 @@ def photo(name: str, megapixels: float) -> tuple[np.ndarray, str]:
     return np.array(Image.fromarray(img[..., :3]).convert("RGB").resize(size, Image.BICUBIC)), source
 
 
+def page(megapixels: float) -> tuple[np.ndarray, str]:
+    """uint8 (H, W, 3) text page of ~``megapixels`` MP (7:5 portrait, body text 13 px, Pillow's
+    bundled font: ``benchmarks._documents``). Returns (image, source name)."""
+    from benchmarks._documents import render_page
+
+    w = max(1, round((megapixels * 1e6 / 1.4) ** 0.5))
+    return render_page("body", round(1.4 * w), w, 13).image, "rendered body page"
+
+
+def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
+               **library) -> tuple[np.ndarray, int]:
+    """The wrapped processor's ``downscale=True`` on a resized uint8 (H, W, 3) image: shrunk by the
+    adapter's own ``fit_to_budget`` until its unremoved units fit the budget, selected there at
+    that budget (``library``: more ``select_patches`` keywords, e.g. tolerance), shown by
+    ``reconstruct`` and scaled back to (H, W) (bilinear, as the uniform baselines). Returns (shown
+    image, tokens)."""
+    import torch
+
+    from entropy_prune import reconstruct, select_patches
+    from entropy_prune.qwen._downscale import fit_to_budget
+
+    raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    small, budget = fit_to_budget(raw, lambda x: x.numpy(), alpha, library.get("tolerance"), unit, min_pixels)
+    small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
+    units = (small.shape[0] // unit) * (small.shape[1] // unit)
+    sel = select_patches(small, "budget", min(budget / units, 1.0), patch_size=unit, **library)
+    shown = Image.fromarray(reconstruct(small, sel, unit)).resize(img.shape[1::-1], Image.BILINEAR)
+    return np.asarray(shown), sel.num_tokens
+
+
 def make_stock_processor(backend: str, max_pixels: int = MAX_PIXELS):
     """Stock ``Qwen2VLProcessor`` with Qwen2-VL's image settings (14 px patches, merge 2, CLIP
     mean/std), the given image backend ("pil" or "torchvision") and ``max_pixels``, and the

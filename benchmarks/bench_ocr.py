@@ -50,14 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFont, ImageOps
 from tqdm import tqdm
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from benchmarks._documents import Region, render_page
+from benchmarks._qwen_setup import downscaled
 from entropy_prune import detail_maps, reconstruct, select_patches
-from entropy_prune.qwen._downscale import fit_to_budget
 
 UNIT = 28  # px per LLM token side in Qwen2-VL (14 px patches, 2 x 2 merge)
 MIN_PIXELS = 56 * 56
@@ -179,26 +178,14 @@ def matched(image, tokens: int, cells: int, **kwargs):
     return best or sel
 
 
-def downscaled(img: np.ndarray, alpha: float, **library) -> tuple[np.ndarray, int]:
-    """The wrapped processor's ``downscale=True``: ``img`` shrunk by the adapter's own
-    ``fit_to_budget`` until its unremoved units fit the budget, selected there at that budget,
-    shown by ``reconstruct`` and scaled back up (bilinear) like uniform."""
-    raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    small, budget = fit_to_budget(raw, lambda x: x.numpy(), alpha, library.get("tolerance"), UNIT, MIN_PIXELS)
-    small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
-    units = (small.shape[0] // UNIT) * (small.shape[1] // UNIT)
-    sel = select_patches(small, "budget", min(budget / units, 1.0), **library)
-    return resize(reconstruct(small, sel, UNIT), *img.shape[:2], Image.BILINEAR), sel.num_tokens
-
-
 def conditions(img: np.ndarray, alpha: float, seed: int = 0, downscale: bool = False,
                **library) -> dict[str, tuple[np.ndarray, int]]:
     """Every condition's shown image (at the size of ``img``) and token count; ``library``: extra
     keywords of the library's ``select_patches`` call (e.g. tolerance); ``downscale``: the library
-    condition as the wrapped processor's ``downscale=True`` (:func:`downscaled`)."""
+    condition as the wrapped processor's ``downscale=True`` (``_qwen_setup.downscaled``)."""
     cells = (img.shape[0] // UNIT) * (img.shape[1] // UNIT)
     if downscale:
-        shown = downscaled(img, alpha, **library)
+        shown = downscaled(img, alpha, UNIT, MIN_PIXELS, **library)
     else:
         lib = select_patches(img, "budget", alpha, **library)
         shown = reconstruct(img, lib, UNIT), lib.num_tokens

@@ -1,15 +1,17 @@
 """Wrapped vs stock Qwen2-VL processor: time per call and image tokens.
 
     python -m benchmarks.bench_processor [--sizes 1 4] [--backends pil torchvision]
-                                         [--photo astronaut] [--alpha 0.3] [--repeats 30]
-                                         [--fresh-processes N]
+                                         [--photo astronaut|page] [--alpha 0.3] [--repeats 30]
+                                         [--tolerance T] [--downscale] [--fresh-processes N]
 
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
 measurement, stock vs ``wrap_processor(stock, "budget", alpha)`` (default score), for each
 image-processor backend and image size (megapixels). ``max_pixels`` is Qwen2-VL's own (16384
 units of 28 px), so 4 MP images are not downscaled. With torchvision a third processor, *prune
 only*, is the wrapped one with the stock ``process_image`` (a channels-first copy before
-resizing): the cost of pruning alone, without the wrapped processor's faster resize. Calls
+resizing): the cost of pruning alone, without the wrapped processor's faster resize.
+``--photo page`` takes a rendered text page instead of a photograph; ``--tolerance`` and
+``--downscale`` add those settings to the wrapped processor. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
 after 2 warm-up rounds, all in this process, torch at its default thread count.
 
@@ -54,11 +56,17 @@ def prune_only(wrapped):
     return new
 
 
-def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: int) -> dict:
-    """Interleaved timings (ms) and token counts for one backend and size."""
+def load(name: str, megapixels: float):
+    """(uint8 (H, W, 3) image, source name): a rendered page (``"page"``) or a photograph."""
+    return setup.page(megapixels) if name == "page" else setup.photo(name, megapixels)
+
+
+def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, settings: dict) -> dict:
+    """Interleaved timings (ms) and token counts for one backend and size; ``settings``: the
+    wrapped processor's other selection settings."""
     stock = setup.make_stock_processor(backend)
-    wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha)
-    image, source = setup.photo(photo, megapixels)
+    wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha, **settings)
+    image, source = load(photo, megapixels)
     text = [setup.prompt(stock)]
     procs = {"stock": stock, "wrapped": wrapped}
     if backend == "torchvision":
@@ -84,12 +92,13 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
     )
 
 
-def alone(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, kind: str) -> tuple[float, float]:
+def alone(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, kind: str,
+          settings: dict) -> tuple[float, float]:
     """(median ms, median minor page faults) per call of one processor, alone in this process."""
     stock = setup.make_stock_processor(backend)
-    wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha)
+    wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha, **settings)
     proc = {"stock": stock, "wrapped": wrapped}[kind] if kind != "prune only" else prune_only(wrapped)
-    image, _ = setup.photo(photo, megapixels)
+    image, _ = load(photo, megapixels)
     text = [setup.prompt(stock)]
     times, faults = [], []
     for i in range(repeats + 2):
@@ -114,7 +123,8 @@ def fresh_processes(args) -> None:
                 runs = []
                 for _ in range(args.fresh_processes):
                     with ctx.Pool(1) as pool:
-                        runs.append(pool.apply(alone, (backend, mp, args.photo, args.alpha, args.repeats, kind)))
+                        runs.append(pool.apply(alone, (backend, mp, args.photo, args.alpha, args.repeats, kind,
+                                                       settings(args))))
                 ms = statistics.median(r[0] for r in runs)
                 base = base or ms
                 cells.append(f"{kind} {ms:.1f} [{min(r[0] for r in runs):.1f}-{max(r[0] for r in runs):.1f}] "
@@ -122,32 +132,41 @@ def fresh_processes(args) -> None:
             print(f"{backend:<12} {mp:>4g}  " + " | ".join(cells), flush=True)
 
 
+def settings(args) -> dict:
+    """The wrapped processor's settings besides method and alpha, from the command line."""
+    return {k: v for k, v in (("tolerance", args.tolerance), ("downscale", args.downscale)) if v not in (None, False)}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=setup.positive_float, nargs="+", default=[1.0, 4.0],
                         help="image sizes in megapixels")
     parser.add_argument("--backends", nargs="+", choices=["pil", "torchvision"], default=["pil", "torchvision"])
-    parser.add_argument("--photo", choices=setup.PHOTOS, default="astronaut", help="skimage.data photograph")
+    parser.add_argument("--photo", choices=(*setup.PHOTOS, "page"), default="astronaut",
+                        help="skimage.data photograph, or a rendered text page")
     parser.add_argument("--alpha", type=setup.unit_float, default=0.3, help="budget alpha (0 < alpha <= 1)")
     parser.add_argument("--repeats", type=setup.positive_int, default=30, help="timed stock/wrapped pairs per row")
+    parser.add_argument("--tolerance", type=float, default=None, help="the wrapped processor's tolerance")
+    parser.add_argument("--downscale", action="store_true", help="the wrapped processor's downscale=True")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
                         help="also time each processor alone in this many fresh processes")
     args = parser.parse_args(argv)
     if args.alpha > 1:
         parser.error(f"--alpha must be in (0, 1], got {args.alpha}")
-    print(f"wrapped (budget alpha={args.alpha}, default score) vs stock Qwen2VLProcessor; "
+    print(f"wrapped (budget alpha={args.alpha}, default score, {settings(args) or 'no other setting'}) vs stock "
+          f"Qwen2VLProcessor; "
           f"median of {args.repeats} interleaved calls; torch threads {torch.get_num_threads()}")
     print(f"{'backend':<12} {'MP':>4} {'pixels':>10} {'stock ms':>9} {'wrapped ms':>11} {'ratio':>6} "
           f"{'prune-only ms':>14} {'ratio':>6} {'tokens':>7} {'kept':>6}")
     rows = []
     for backend in args.backends:
         for mp in args.sizes:
-            r = measure(backend, mp, args.photo, args.alpha, args.repeats)
+            r = measure(backend, mp, args.photo, args.alpha, args.repeats, settings(args))
             rows.append(r)
             only = ("-", "-") if r["only_ms"] is None else (f"{r['only_ms']:.1f}", f"{r['only_ratio']:.3f}")
             print(f"{backend:<12} {mp:>4g} {r['px']:>10} {r['stock_ms']:>9.1f} {r['wrapped_ms']:>11.1f} "
                   f"{r['ratio']:>6.3f} {only[0]:>14} {only[1]:>6} {r['before']:>7} {r['after']:>6}", flush=True)
-    print(f"photograph: {rows[0]['photo']} (skimage.data), resized bicubic to the given size")
+    print(f"image: {rows[0]['photo']}" + ("" if args.photo == "page" else " (skimage.data), resized bicubic"))
     if args.fresh_processes:
         fresh_processes(args)
     return rows

@@ -138,7 +138,7 @@ def test_downscale_needs_resizing(processor):
         wrap_processor(processor, downscale=True).image_processor([textured_image(84, 84, 0)], do_resize=False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(
     h=st.integers(56, 400), w=st.integers(56, 400), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
     alpha=st.floats(0.01, 1.0), tolerance=st.sampled_from([None, 0, 3]), mode=st.sampled_from(["multiscale", "drop"]),
