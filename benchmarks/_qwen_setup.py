@@ -40,7 +40,7 @@ def page(megapixels: float) -> tuple[np.ndarray, str]:
     from benchmarks._documents import render_page
 
     w = max(1, round((megapixels * 1e6 / 1.4) ** 0.5))
-    return render_page("body", round(1.4 * w), w, 13).image, "rendered body page"
+    return np.array(render_page("body", round(1.4 * w), w, 13).image), "rendered body page"
 
 
 def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
@@ -56,7 +56,7 @@ def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = 
     from entropy_prune.qwen._downscale import fit_to_budget
 
     raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    small, budget = fit_to_budget(raw, lambda x: x.numpy(), alpha, library.get("tolerance"), unit, min_pixels)
+    small, budget, _ = fit_to_budget(raw, lambda x: x.numpy(), alpha, library.get("tolerance"), unit, min_pixels)
     small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
     units = (small.shape[0] // unit) * (small.shape[1] // unit)
     sel = select_patches(small, "budget", min(budget / units, 1.0), patch_size=unit, **library)

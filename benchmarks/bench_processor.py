@@ -134,7 +134,8 @@ def fresh_processes(args) -> None:
 
 def settings(args) -> dict:
     """The wrapped processor's settings besides method and alpha, from the command line."""
-    return {k: v for k, v in (("tolerance", args.tolerance), ("downscale", args.downscale)) if v not in (None, False)}
+    return {**({} if args.tolerance is None else {"tolerance": args.tolerance}),
+            **({"downscale": True} if args.downscale else {})}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

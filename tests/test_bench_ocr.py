@@ -120,7 +120,7 @@ def test_downscaled_library_is_lossless_on_a_smaller_grid_at_equal_tokens():
         assert shown.shape == img.shape and not np.array_equal(shown, img)
         # every unit of the smaller grid is shown exactly: the same as scaling that grid back up
         raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        small, _ = fit_to_budget(raw, lambda x: x.numpy(), alpha, 0, bo.UNIT, bo.MIN_PIXELS)
+        small, _, _ = fit_to_budget(raw, lambda x: x.numpy(), alpha, 0, bo.UNIT, bo.MIN_PIXELS)
         assert small.shape[1] < img.shape[0]
         back = bo.resize(np.ascontiguousarray(small.numpy().transpose(1, 2, 0)), *img.shape[:2], Image.BILINEAR)
         assert np.array_equal(shown, back)

@@ -20,22 +20,26 @@ from ..selection import _predictable
 _STEPS = 4  # proportional steps down at most: two almost always suffice
 
 
-def unpredicted(image: np.ndarray, tolerance: float | None, unit_px: int) -> int:
-    """Units of a (C, H, W) scoring image (uint8, or float in [0, 1]) that ``tolerance`` (8-bit
-    levels; None: off) does not remove: what a budget must show."""
-    rows, cols = image.shape[-2] // unit_px, image.shape[-1] // unit_px
+def removed(image: np.ndarray, tolerance: float | None, unit_px: int) -> np.ndarray | None:
+    """bool (rows, cols): the units of a (C, H, W) scoring image (uint8, or float in [0, 1]) that
+    ``tolerance`` (8-bit levels) removes as predictable; None where ``tolerance`` is None."""
     if tolerance is None:
-        return rows * cols
+        return None
+    rows, cols = image.shape[-2] // unit_px, image.shape[-1] // unit_px
     scale = 1.0 if image.dtype == np.uint8 else 1 / 255.0
-    removed = _predictable(np.moveaxis(image, 0, -1), unit_px, tolerance * scale, (rows, cols))
-    return rows * cols - int(removed.sum())
+    return _predictable(np.moveaxis(image, 0, -1), unit_px, tolerance * scale, (rows, cols))
+
+
+def _unremoved(gone: np.ndarray | None, h: int, w: int, unit_px: int) -> int:
+    return (h // unit_px) * (w // unit_px) - (0 if gone is None else int(gone.sum()))
 
 
 def resize(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(C, H, W) pixels -> (C, h, w), antialiased bicubic (torchvision's resize of the Qwen-VL
     processors, and on 8-bit CPU images the same kernel): integers rounded and clamped to their
-    dtype, floats in their dtype (float32 for half precision)."""
-    x = raw[None]
+    dtype, floats in their dtype (float32 for half precision). Channels-last memory in and out
+    (faster to resize and to compare units in)."""
+    x = raw[None].contiguous(memory_format=torch.channels_last)
     if x.dtype == torch.uint8 and x.device.type == "cpu":
         return F.interpolate(x, (h, w), mode="bicubic", antialias=True, align_corners=False)[0]
     work = x.to(torch.float64 if x.dtype in (torch.float64, torch.int32, torch.int64) else torch.float32)
@@ -48,24 +52,26 @@ def resize(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | None, unit_px: int,
-                  min_pixels: int) -> tuple[torch.Tensor, int]:
+                  min_pixels: int) -> tuple[torch.Tensor, int, np.ndarray | None]:
     """Shrink a resized image until its unpredicted units fit the budget.
 
     Args:
         raw: (C, H, W) resized image (H, W multiples of ``unit_px``), before rescaling.
-        scoring: (C, H, W) tensor -> its scoring image (see :func:`unpredicted`).
+        scoring: (C, H, W) tensor -> its scoring image (see :func:`removed`).
         alpha: the budget's fraction: budget = floor(alpha * units + 0.5) units of ``raw``.
         min_pixels: the processor's lower bound on H * W (``size["shortest_edge"]``).
     Returns:
-        the image to select on ((C, h, w), ``raw`` itself where its unpredicted units fit) and
-        the budget. Each step aims at ``units * budget / unpredicted`` units (smart_resize of
-        (H, W) under that many units' pixels), from ``raw`` each time; it stops at the first size
-        whose unpredicted units fit, after 4 steps, or where smart_resize goes no smaller.
+        the image to select on ((C, h, w), ``raw`` itself where its unpredicted units fit), the
+        budget, and the image's :func:`removed` units. Each step aims at ``units * budget /
+        unpredicted`` units (smart_resize of (H, W) under that many units' pixels), from ``raw``
+        each time; it stops at the first size whose unpredicted units fit, after 4 steps, or where
+        smart_resize goes no smaller.
     """
     h, w = raw.shape[-2:]
     units = (h // unit_px) * (w // unit_px)
     budget = math.floor(alpha * units + 0.5)
-    image, need, size = raw, unpredicted(scoring(raw), tolerance, unit_px), (h, w)
+    gone = removed(scoring(raw), tolerance, unit_px)
+    image, need, size = raw, _unremoved(gone, h, w, unit_px), (h, w)
     for _ in range(_STEPS):
         if need <= budget or budget < 1:
             break
@@ -75,5 +81,6 @@ def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | N
             break
         size, units = new, (new[0] // unit_px) * (new[1] // unit_px)
         image = resize(raw, *size)
-        need = unpredicted(scoring(image), tolerance, unit_px)
-    return image, budget
+        gone = removed(scoring(image), tolerance, unit_px)
+        need = _unremoved(gone, *size, unit_px)
+    return image, budget, gone

@@ -65,13 +65,15 @@ def _luma01(image: np.ndarray) -> np.ndarray:
     return y / 255.0 if image.dtype == np.uint8 else y
 
 
-def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, settings: dict, unit_px: int):
+def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, settings: dict, unit_px: int,
+                 removed: np.ndarray | None = None):
     """Core selection for one temporal patch.
 
     Args:
         images: (C, H, W) scoring images of this temporal patch's distinct frames (uint8, or
             float in [0, 1]); ``tolerance`` compares units on all of them.
         previous: the previous temporal patch's scoring images, or None.
+        removed: the units ``tolerance`` removes, where already known (bool (rows, cols)).
     Returns:
         the :class:`entropy_prune.Selection` on the unit grid.
     """
@@ -95,6 +97,8 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
 
     def predictable() -> np.ndarray:
         """Units the tolerance removes (or drop mode drops first among ties), on every frame's values."""
+        if removed is not None:
+            return removed
         stacked = np.moveaxis(np.concatenate(images), 0, -1)
         scale = 255.0 if stacked.dtype == np.uint8 else 1.0
         return _predictable(stacked, unit_px, (tolerance or 0.0) * scale / 255.0, levels[0].shape)
@@ -116,12 +120,13 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
         rows ((num_kept * m*m, C*tp*p*p), the stock dtype), regions int64 (num_kept, 4):
         (level, t, row, col), and the (h, w) in patches of the image they were cut from.
     """
+    removed = None
     if settings["downscale"]:
-        raw, budget = fit_to_budget(raw, lambda x: raw_image(x, norm), float(settings["alpha"]),
-                                    settings["tolerance"], m * p, min_pixels)
+        raw, budget, removed = fit_to_budget(raw, lambda x: raw_image(x, norm), float(settings["alpha"]),
+                                             settings["tolerance"], m * p, min_pixels)
         units = (raw.shape[-2] // (m * p)) * (raw.shape[-1] // (m * p))
         settings = {**settings, "alpha": min(budget / units, 1.0)} if budget else settings
-    sel = select_group([raw_image(raw, norm)], None, settings, m * p)
+    sel = select_group([raw_image(raw, norm)], None, settings, m * p, removed)
     regions = np.asarray(sel.regions, dtype=np.int64)
     rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     grid = (raw.shape[-2] // p, raw.shape[-1] // p)
