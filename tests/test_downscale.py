@@ -168,3 +168,22 @@ def test_downscale_invariants(processor, h, w, seed, lines, alpha, tolerance, mo
                          tolerance=tolerance)
     assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
     assert len(sel.regions) <= budget or not sel.budget_met
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
+def test_numpy_output_and_saved_setting(backend, tmp_path):
+    """Without return_tensors the grids come back in the stock output's type; the setting is
+    saved and reloaded like the others."""
+    proc = wrap_processor(make_processor(backend).image_processor, alpha=0.3, tolerance=0, downscale=True)
+    image = page(840, 560, 0, lines=60)
+    tensors = proc([image], return_tensors="pt", size=PAGE_SIZE)
+    plain = proc([image], size=PAGE_SIZE)
+    stock = make_processor(backend).image_processor([image], size=PAGE_SIZE)
+    assert type(plain["image_grid_thw"]) is type(stock["image_grid_thw"])
+    assert np.asarray(plain["image_grid_thw"]).tolist() == tensors["image_grid_thw"].tolist()
+    assert np.array_equal(np.asarray(plain[REGIONS_KEY]), tensors[REGIONS_KEY].numpy())
+    proc.save_pretrained(tmp_path)
+    loaded = type(proc).from_pretrained(tmp_path)
+    assert loaded.downscale is True and loaded.selection_settings == proc.selection_settings
+    again = loaded([image], return_tensors="pt", size=PAGE_SIZE)
+    assert all(torch.equal(again[k], tensors[k]) for k in tensors)
