@@ -27,7 +27,8 @@ def removed(image: np.ndarray, tolerance: float | None, unit_px: int) -> np.ndar
         return None
     rows, cols = image.shape[-2] // unit_px, image.shape[-1] // unit_px
     scale = 1.0 if image.dtype == np.uint8 else 1 / 255.0
-    return _predictable(np.moveaxis(image, 0, -1), unit_px, tolerance * scale, (rows, cols))
+    pixels = np.ascontiguousarray(np.moveaxis(image, 0, -1))  # a no-op for channels-last memory
+    return _predictable(pixels, unit_px, tolerance * scale, (rows, cols))
 
 
 def _unremoved(gone: np.ndarray | None, h: int, w: int, unit_px: int) -> int:

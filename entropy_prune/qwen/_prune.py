@@ -99,7 +99,8 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
         """Units the tolerance removes (or drop mode drops first among ties), on every frame's values."""
         if removed is not None:
             return removed
-        stacked = np.moveaxis(np.concatenate(images), 0, -1)
+        # channels-last and contiguous: units compare several times faster than in strided memory
+        stacked = np.ascontiguousarray(np.moveaxis(images[0] if len(images) == 1 else np.concatenate(images), 0, -1))
         scale = 255.0 if stacked.dtype == np.uint8 else 1.0
         return _predictable(stacked, unit_px, (tolerance or 0.0) * scale / 255.0, levels[0].shape)
 
