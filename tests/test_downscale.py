@@ -156,6 +156,7 @@ def test_downscale_invariants(processor, h, w, seed, lines, alpha, tolerance, mo
     stock_grid, grid = plain["image_grid_thw"][0].tolist(), ours["image_grid_thw"][0].tolist()
     budget = math.floor(alpha * stock_grid[1] * stock_grid[2] / 4 + 0.5)
     assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
+    assert grid == stock_grid or grid[1] * grid[2] * 14 * 14 >= MIN_PIXELS  # never below min_pixels
     _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
     raw = resized(processor, image, size=PAGE_SIZE)
     need = select_patches(raw, None, channels_first=True, tolerance=tolerance).num_tokens

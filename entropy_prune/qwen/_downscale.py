@@ -66,7 +66,7 @@ def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | N
         budget, and the image's :func:`removed` units. Each step aims at ``units * budget /
         unpredicted`` units (smart_resize of (H, W) under that many units' pixels), from ``raw``
         each time; it stops at the first size whose unpredicted units fit, after 4 steps, or where
-        smart_resize goes no smaller.
+        smart_resize goes no smaller or below ``min_pixels`` (then the budget coarsens the rest).
     """
     h, w = raw.shape[-2:]
     units = (h // unit_px) * (w // unit_px)
@@ -78,7 +78,7 @@ def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | N
             break
         target = min(math.floor(units * budget / need), units - 1)
         new = smart_resize(h, w, unit_px, min_pixels, max(target, 1) * unit_px * unit_px)
-        if new[0] * new[1] >= size[0] * size[1]:
+        if not min_pixels <= new[0] * new[1] < size[0] * size[1]:  # smart_resize may shrink below it
             break
         size, units = new, (new[0] // unit_px) * (new[1] // unit_px)
         image = resize(raw, *size)
