@@ -38,7 +38,7 @@ def _unremoved(gone: np.ndarray | None, h: int, w: int, unit_px: int) -> int:
 def resize(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(C, H, W) pixels -> (C, h, w), antialiased bicubic (torchvision's resize of the Qwen-VL
     processors, and on 8-bit CPU images the same kernel): integers rounded and clamped to their
-    dtype, floats in their dtype (float32 for half precision). Channels-last memory in and out
+    dtype, floats in their dtype (computed in float32 for half precision). Channels-last memory in and out
     (faster to resize and to compare units in)."""
     x = raw[None].contiguous(memory_format=torch.channels_last)
     if x.dtype == torch.uint8 and x.device.type == "cpu":
@@ -46,7 +46,7 @@ def resize(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
     work = x.to(torch.float64 if x.dtype in (torch.float64, torch.int32, torch.int64) else torch.float32)
     out = F.interpolate(work, (h, w), mode="bicubic", antialias=True, align_corners=False)[0]
     if raw.is_floating_point():
-        return out.to(raw.dtype) if raw.dtype in (torch.float32, torch.float64) else out
+        return out.to(raw.dtype)
     info = torch.iinfo(raw.dtype) if raw.dtype != torch.bool else None
     lo, hi = (0, 1) if info is None else (info.min, info.max)
     return out.round_().clamp_(lo, hi).to(raw.dtype)
