@@ -54,12 +54,16 @@ def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = 
 
     from entropy_prune import reconstruct, select_patches
     from entropy_prune.qwen._downscale import fit_to_budget
+    from entropy_prune.qwen._prune import removed_units
 
+    tolerance = library.get("tolerance")
     raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    small, budget, _ = fit_to_budget(raw, lambda x: x.numpy(), alpha, library.get("tolerance"), unit, min_pixels)
+    def removed(x: torch.Tensor) -> np.ndarray | None:
+        return None if tolerance is None else removed_units(x.numpy(), tolerance, unit)
+
+    small, small_alpha, _ = fit_to_budget(raw, removed, alpha, unit, min_pixels)
     small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
-    units = (small.shape[0] // unit) * (small.shape[1] // unit)
-    sel = select_patches(small, "budget", min(budget / units, 1.0), patch_size=unit, **library)
+    sel = select_patches(small, "budget", small_alpha, patch_size=unit, **library)
     shown = Image.fromarray(reconstruct(small, sel, unit)).resize(img.shape[1::-1], Image.BILINEAR)
     return np.asarray(shown), sel.num_tokens
 

@@ -9,26 +9,14 @@ or uniformly at 0.55x (see docs/benchmarks.md, OCR).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from ..selection import _predictable
-
 _STEPS = 4  # proportional steps down at most: two almost always suffice
-
-
-def removed(image: np.ndarray, tolerance: float | None, unit_px: int) -> np.ndarray | None:
-    """bool (rows, cols): the units of a (C, H, W) scoring image (uint8, or float in [0, 1]) that
-    ``tolerance`` (8-bit levels) removes as predictable; None where ``tolerance`` is None."""
-    if tolerance is None:
-        return None
-    rows, cols = image.shape[-2] // unit_px, image.shape[-1] // unit_px
-    scale = 1.0 if image.dtype == np.uint8 else 1 / 255.0
-    pixels = np.ascontiguousarray(np.moveaxis(image, 0, -1))  # a no-op for channels-last memory
-    return _predictable(pixels, unit_px, tolerance * scale, (rows, cols))
 
 
 def _unremoved(gone: np.ndarray | None, h: int, w: int, unit_px: int) -> int:
@@ -52,18 +40,20 @@ def resize(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out.round_().clamp_(lo, hi).to(raw.dtype)
 
 
-def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | None, unit_px: int,
-                  min_pixels: int) -> tuple[torch.Tensor, int, np.ndarray | None]:
+def fit_to_budget(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarray | None], alpha: float,
+                  unit_px: int, min_pixels: int) -> tuple[torch.Tensor, float, np.ndarray | None]:
     """Shrink a resized image until its unpredicted units fit the budget.
 
     Args:
         raw: (C, H, W) resized image (H, W multiples of ``unit_px``), before rescaling.
-        scoring: (C, H, W) tensor -> its scoring image (see :func:`removed`).
+        removed: (C, h, w) image -> bool (h // unit_px, w // unit_px), its units that ``tolerance``
+            removes, or None where nothing is removed (no ``tolerance``).
         alpha: the budget's fraction: budget = floor(alpha * units + 0.5) units of ``raw``.
         min_pixels: the processor's lower bound on H * W (``size["shortest_edge"]``).
     Returns:
         the image to select on ((C, h, w), ``raw`` itself where its unpredicted units fit), the
-        budget, and the image's :func:`removed` units. Each step aims at ``units * budget /
+        alpha that gives the same budget on it (``alpha`` itself where the budget is 0), and its
+        ``removed`` units. Each step aims at ``units * budget /
         unpredicted`` units (smart_resize of (H, W) under that many units' pixels), from ``raw``
         each time; it stops at the first size whose unpredicted units fit, after 4 steps, or where
         smart_resize goes no smaller or below ``min_pixels`` (then the budget coarsens the rest).
@@ -71,7 +61,7 @@ def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | N
     h, w = raw.shape[-2:]
     units = (h // unit_px) * (w // unit_px)
     budget = math.floor(alpha * units + 0.5)
-    gone = removed(scoring(raw), tolerance, unit_px)
+    gone = removed(raw)
     image, need, size = raw, _unremoved(gone, h, w, unit_px), (h, w)
     for _ in range(_STEPS):
         if need <= budget or budget < 1:
@@ -82,6 +72,6 @@ def fit_to_budget(raw: torch.Tensor, scoring, alpha: float, tolerance: float | N
             break
         size, units = new, (new[0] // unit_px) * (new[1] // unit_px)
         image = resize(raw, *size)
-        gone = removed(scoring(image), tolerance, unit_px)
+        gone = removed(image)
         need = _unremoved(gone, *size, unit_px)
-    return image, budget, gone
+    return image, min(budget / units, 1.0) if budget else alpha, gone

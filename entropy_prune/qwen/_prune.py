@@ -65,6 +65,17 @@ def _luma01(image: np.ndarray) -> np.ndarray:
     return y / 255.0 if image.dtype == np.uint8 else y
 
 
+def removed_units(image: np.ndarray, tolerance: float, unit_px: int) -> np.ndarray:
+    """bool (rows, cols), cells cut by the edge included: the units of a (C, H, W) scoring image
+    (uint8, or float in [0, 1]; several frames: their channels stacked) that their neighbours
+    predict within ``tolerance`` (8-bit levels). Compared in contiguous channels-last memory,
+    several times faster than strided (a no-op copy for channels-last images)."""
+    pixels = np.ascontiguousarray(np.moveaxis(image, 0, -1))
+    scale = 255.0 if pixels.dtype == np.uint8 else 1.0
+    shape = (-(-image.shape[-2] // unit_px), -(-image.shape[-1] // unit_px))
+    return _predictable(pixels, unit_px, tolerance * scale / 255.0, shape)
+
+
 def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, settings: dict, unit_px: int,
                  removed: np.ndarray | None = None):
     """Core selection for one temporal patch.
@@ -99,10 +110,7 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
         """Units the tolerance removes (or drop mode drops first among ties), on every frame's values."""
         if removed is not None:
             return removed
-        # channels-last and contiguous: units compare several times faster than in strided memory
-        stacked = np.ascontiguousarray(np.moveaxis(images[0] if len(images) == 1 else np.concatenate(images), 0, -1))
-        scale = 255.0 if stacked.dtype == np.uint8 else 1.0
-        return _predictable(stacked, unit_px, (tolerance or 0.0) * scale / 255.0, levels[0].shape)
+        return removed_units(images[0] if len(images) == 1 else np.concatenate(images), tolerance or 0.0, unit_px)
 
     return _select_maps(levels, method, alpha, settings["thresholds"], settings["mode"], tolerance, predictable)
 
@@ -123,10 +131,13 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
     """
     removed = None
     if settings["downscale"]:
-        raw, budget, removed = fit_to_budget(raw, lambda x: raw_image(x, norm), float(settings["alpha"]),
-                                             settings["tolerance"], m * p, min_pixels)
-        units = (raw.shape[-2] // (m * p)) * (raw.shape[-1] // (m * p))
-        settings = {**settings, "alpha": min(budget / units, 1.0)} if budget else settings
+        tolerance = settings["tolerance"]
+
+        def removed_of(x: torch.Tensor) -> np.ndarray | None:
+            return None if tolerance is None else removed_units(raw_image(x, norm), tolerance, m * p)
+
+        raw, alpha, removed = fit_to_budget(raw, removed_of, float(settings["alpha"]), m * p, min_pixels)
+        settings = {**settings, "alpha": alpha}
     sel = select_group([raw_image(raw, norm)], None, settings, m * p, removed)
     regions = np.asarray(sel.regions, dtype=np.int64)
     rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
