@@ -1,4 +1,5 @@
-"""``downscale``: images shrunk until their unpredicted units fit the budget, with true grids."""
+"""``downscale``: images shrunk until their unpredicted units fit the budget (``True``) or to the size
+of least error (``"least_error"``), with true grids."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ pytest.importorskip("transformers")
 
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize  # noqa: E402
 
-from entropy_prune import select_patches  # noqa: E402
+from entropy_prune import reconstruct, select_patches  # noqa: E402
 from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, unpatch_model, wrap_processor  # noqa: E402
 from entropy_prune.qwen.modeling import _check_regions  # noqa: E402
 from entropy_prune.qwen.testing import family_media, logits, make_model, make_processor, textured_image  # noqa: E402
@@ -120,10 +121,12 @@ def test_videos_are_not_downscaled(processor):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(downscale="yes"), TypeError, "downscale must be True or False"),
-        (dict(downscale=1), TypeError, "downscale must be True or False"),
+        (dict(downscale="yes"), ValueError, "downscale must be True, False or 'least_error', got 'yes'"),
+        (dict(downscale=1), TypeError, "downscale must be True, False or 'least_error', got 1"),
         (dict(patch_selection_method="v1", downscale=True), ValueError, "downscale=True needs patch_selection_method"),
         (dict(patch_selection_method=None, downscale=True), ValueError, "downscale=True needs patch_selection_method"),
+        (dict(patch_selection_method="v1", downscale="least_error"), ValueError,
+         "downscale='least_error' needs patch_selection_method"),
     ],
 )
 def test_bad_downscale_settings(processor, kwargs, error, match):
@@ -133,9 +136,10 @@ def test_bad_downscale_settings(processor, kwargs, error, match):
         wrap_processor(processor).image_processor([textured_image(84, 84, 0)], **kwargs)
 
 
-def test_downscale_needs_resizing(processor):
+@pytest.mark.parametrize("downscale", [True, "least_error"])
+def test_downscale_needs_resizing(processor, downscale):
     with pytest.raises(ValueError, match="do_resize=True"):
-        wrap_processor(processor, downscale=True).image_processor([textured_image(84, 84, 0)], do_resize=False)
+        wrap_processor(processor, downscale=downscale).image_processor([textured_image(84, 84, 0)], do_resize=False)
 
 
 @settings(deadline=None)
@@ -171,11 +175,12 @@ def test_downscale_invariants(processor, h, w, seed, lines, alpha, tolerance, mo
     assert len(sel.regions) <= budget or not sel.budget_met
 
 
+@pytest.mark.parametrize("downscale", [True, "least_error"])
 @pytest.mark.parametrize("backend", ["torchvision", "pil"])
-def test_numpy_output_and_saved_setting(backend, tmp_path):
+def test_numpy_output_and_saved_setting(backend, downscale, tmp_path):
     """Without return_tensors the grids come back in the stock output's type; the setting is
     saved and reloaded like the others."""
-    proc = wrap_processor(make_processor(backend).image_processor, alpha=0.3, tolerance=0, downscale=True)
+    proc = wrap_processor(make_processor(backend).image_processor, alpha=0.3, tolerance=0, downscale=downscale)
     image = page(840, 560, 0, lines=60)
     tensors = proc([image], return_tensors="pt", size=PAGE_SIZE)
     plain = proc([image], size=PAGE_SIZE)
@@ -185,6 +190,54 @@ def test_numpy_output_and_saved_setting(backend, tmp_path):
     assert np.array_equal(np.asarray(plain[REGIONS_KEY]), tensors[REGIONS_KEY].numpy())
     proc.save_pretrained(tmp_path)
     loaded = type(proc).from_pretrained(tmp_path)
-    assert loaded.downscale is True and loaded.selection_settings == proc.selection_settings
+    assert loaded.downscale == downscale and loaded.selection_settings == proc.selection_settings
     again = loaded([image], return_tensors="pt", size=PAGE_SIZE)
     assert all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+
+def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **kw) -> tuple[float, object]:
+    """Squared luma error (8-bit levels) of the core's selection of ``budget`` units (``alpha`` where
+    0) on ``raw`` (uint8 (3, H, W)) shrunk to ``grid`` (patches), shown by ``reconstruct`` and
+    brought back bilinearly; and the selection."""
+    same = grid[1] * 14 == raw.shape[1] and grid[2] * 14 == raw.shape[2]
+    small = raw if same else shrink(raw, grid[1] * 14, grid[2] * 14)
+    a = min(budget / (grid[1] * grid[2] / 4), 1.0) if budget else alpha
+    sel = select_patches(small, "budget", a, channels_first=True, **kw)
+    luma = lambda x: np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), x.numpy().astype(np.float32), 1)  # noqa: E731
+    shown = torch.from_numpy(reconstruct(luma(small), sel, UNIT, value_range=(0.0, 255.0)))[None, None]
+    shown = F.interpolate(shown, raw.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+    return float(((shown.double() - torch.from_numpy(luma(raw)).double()) ** 2).sum()), sel
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    h=st.integers(56, 336), w=st.integers(56, 336), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
+    photo=st.booleans(), alpha=st.floats(0.05, 1.0), tolerance=st.sampled_from([None, 0]),
+)
+def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tolerance):
+    """downscale="least_error": the core's selection at the budget on a grid between the
+    processor's and downscale=True's, at most the budget, valid for the model, deterministic, and
+    its error no larger than at either end (the processor's grid, downscale=True's grid)."""
+    image = textured_image(h, w, seed) if photo else page(h, w, seed, lines)
+    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance)
+    plain = proc([image], return_tensors="pt", size=PAGE_SIZE)
+    fit = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
+    ours = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
+    again = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+    stock_grid, fit_grid, grid = (x["image_grid_thw"][0].tolist() for x in (plain, fit, ours))
+    units = stock_grid[1] * stock_grid[2] // 4
+    budget = math.floor(alpha * units + 0.5)
+    assert fit_grid[1] * fit_grid[2] <= grid[1] * grid[2] <= stock_grid[1] * stock_grid[2]
+    assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
+    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
+    raw = resized(processor, image, size=PAGE_SIZE)
+    err, sel = luma_error(raw, grid, budget, alpha, tolerance=tolerance)
+    assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
+    ends = [luma_error(raw, g, budget, alpha, tolerance=tolerance) for g in (stock_grid, fit_grid)]
+    fitting = [e for e, s in ends if s.num_tokens <= budget]
+    event(f"{'stock' if grid == stock_grid else 'fit' if grid == fit_grid else 'between'} grid; "
+          f"{len(fitting)} ends fit the budget")
+    if fitting:
+        assert len(sel.regions) <= budget
+        assert err <= min(fitting) * (1 + 1e-6) + 1e-6

@@ -158,6 +158,7 @@ SETTINGS = [
     {"patch_selection_method": "v2", "alpha": 1.0},
     {"alpha": 0.3, "mode": "drop", "tolerance": 0},
     {"alpha": 0.3, "tolerance": 0, "downscale": True},
+    {"alpha": 0.3, "downscale": "least_error"},
     {"patch_selection_method": "v1", "thresholds": [7.3, 7.0], "temporal_threshold": 0.05},
 ]
 

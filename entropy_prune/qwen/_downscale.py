@@ -1,9 +1,12 @@
-"""``downscale``: shrink a resized image further, as a smaller ``max_pixels`` would, until the units
-that the selection must show fit its budget.
+"""``downscale``: shrink a resized image further, as a smaller ``max_pixels`` would, before the
+budget selection.
 
-A page of text at a budget of 30% of its units reads far better shown whole at 0.7x (its blank
-units predicted away by ``tolerance``) than at full size with most text blocks averaged 2 x 2,
-or uniformly at 0.55x (see docs/benchmarks.md, OCR).
+``True`` (:func:`fit_to_budget`): until the units the selection must show fit the budget. A page
+of text at a budget of 30% of its units reads far better shown whole at 0.7x (its blank units
+predicted away by ``tolerance``) than at full size with most text blocks averaged 2 x 2, or
+uniformly at 0.55x. ``"least_error"`` (:func:`least_error`): to the size, between none and
+that, whose selection keeps the most of the image (least squared luma error); on photographs
+never below uniform down-scaling at equal tokens. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from .._image import BT601
+from ..reconstruct import reconstruct
+
 _STEPS = 4  # proportional steps down at most: two almost always suffice
+_BETWEEN = 5  # least_error: sizes tried between the processor's and fit_to_budget's
 
 
 def _unremoved(gone: np.ndarray | None, h: int, w: int, unit_px: int) -> int:
@@ -75,3 +82,71 @@ def fit_to_budget(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarra
         gone = removed(image)
         need = _unremoved(gone, *size, unit_px)
     return image, min(budget / units, 1.0) if budget else alpha, gone
+
+
+def _luma(image: np.ndarray) -> torch.Tensor:
+    """(h, w) float32 BT.601 luma of a (3, h, w) uint8 or [0, 1] float image, in 8-bit levels."""
+    x = torch.from_numpy(image).to(torch.float32)
+    y = torch.tensordot(torch.tensor(BT601, dtype=torch.float32), x, 1)
+    return y if image.dtype == np.uint8 else y.mul_(255.0)
+
+
+def _error(ref: torch.Tensor, image: np.ndarray, sel, unit_px: int) -> float:
+    """Summed squared luma error of ``sel`` on (3, h, w) ``image`` (``reconstruct``, bilinear up
+    to the (H, W) of luma ``ref``) against ``ref``, in 8-bit levels squared."""
+    shown = torch.from_numpy(reconstruct(_luma(image).numpy(), sel, unit_px, value_range=(0.0, 255.0)))
+    if shown.shape != ref.shape:
+        shown = F.interpolate(shown[None, None], ref.shape, mode="bilinear", align_corners=False)[0, 0]
+    return float(torch.dist(shown, ref) ** 2)
+
+
+def least_error(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarray | None], select: Callable,
+                scoring: Callable[[torch.Tensor], np.ndarray], alpha: float, unit_px: int,
+                min_pixels: int) -> tuple[torch.Tensor, object]:
+    """The size between the processor's and :func:`fit_to_budget`'s whose selection at the budget
+    shows the image with the least error.
+
+    Candidates: ``raw`` itself, ``fit_to_budget``'s image, and up to 5 sizes between them
+    (smart_resize under units spaced geometrically from one to the other). Each is selected at
+    the same budget (floor(alpha * units + 0.5) units of ``raw``), shown by ``reconstruct`` in
+    luma, brought back to (H, W) bilinearly and compared with ``raw``'s luma (summed squared
+    error). Candidates whose selection passes the budget are skipped.
+
+    Args:
+        raw, removed, alpha, unit_px, min_pixels: as in :func:`fit_to_budget`.
+        select: ((C, h, w) image, alpha, its ``removed`` units) -> its Selection.
+        scoring: (C, h, w) image -> (3, h, w) uint8 or [0, 1] float numpy image (what the
+            selection scores).
+    Returns:
+        the chosen (C, h, w) image and its Selection (``fit_to_budget``'s where no candidate's
+        selection fits the budget).
+    """
+    h, w = raw.shape[-2:]
+    units = (h // unit_px) * (w // unit_px)
+    budget = math.floor(alpha * units + 0.5)
+    fit, fit_alpha, fit_gone = fit_to_budget(raw, removed, alpha, unit_px, min_pixels)
+    fit_size = tuple(fit.shape[-2:])
+    fit_units = (fit_size[0] // unit_px) * (fit_size[1] // unit_px)
+    sizes = [(h, w)]
+    for i in range(1, _BETWEEN + 1):
+        target = math.floor(units ** (1 - i / (_BETWEEN + 1)) * fit_units ** (i / (_BETWEEN + 1)))
+        size = smart_resize(h, w, unit_px, min_pixels, max(target, 1) * unit_px * unit_px)
+        if fit_size[0] * fit_size[1] < size[0] * size[1] < h * w and size not in sizes:
+            sizes.append(size)
+    ref = _luma(scoring(raw))
+    best = None
+    for size in sizes + ([fit_size] if fit_size != (h, w) else []):
+        if size == fit_size:
+            image, a, gone = fit, fit_alpha, fit_gone
+        else:
+            image = raw if size == (h, w) else resize(raw, *size)
+            a = min(budget / ((size[0] // unit_px) * (size[1] // unit_px)), 1.0) if budget else alpha
+            gone = removed(image)
+        sel = select(image, a, gone)
+        if sel.num_tokens <= budget:
+            err = _error(ref, scoring(image), sel, unit_px)
+            if best is None or err < best[0]:
+                best = (err, image, sel)
+    if best is None:
+        return fit, select(fit, fit_alpha, fit_gone)
+    return best[1], best[2]

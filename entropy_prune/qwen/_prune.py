@@ -19,7 +19,7 @@ from .._image import BT601
 from ..scores import score_maps
 from ..selection import _check_method, _check_tolerance, _predictable, _select_maps, default_score
 from ._compat import NORM_KEYS
-from ._downscale import fit_to_budget
+from ._downscale import fit_to_budget, least_error
 from ._units import cat, cut_regions
 
 
@@ -124,21 +124,30 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
         normalize: (units, raw dtype) -> the units as the stock pipeline turns pixels of that
             dtype into rows (see :func:`cut_regions`).
         min_pixels: the processor's lower bound on H * W; with ``downscale`` the image is first
-            shrunk (:func:`fit_to_budget`), never below it.
+            shrunk (:func:`fit_to_budget`, or :func:`least_error` for ``"least_error"``), never below it.
     Returns:
         rows ((num_kept * m*m, C*tp*p*p), the stock dtype), regions int64 (num_kept, 4):
         (level, t, row, col), and the (h, w) in patches of the image they were cut from.
     """
-    removed = None
+    removed, sel = None, None
     if settings["downscale"]:
         tolerance = settings["tolerance"]
 
         def removed_of(x: torch.Tensor) -> np.ndarray | None:
             return None if tolerance is None else removed_units(raw_image(x, norm), tolerance, m * p)
 
-        raw, alpha, removed = fit_to_budget(raw, removed_of, float(settings["alpha"]), m * p, min_pixels)
-        settings = {**settings, "alpha": alpha}
-    sel = select_group([raw_image(raw, norm)], None, settings, m * p, removed)
+        alpha = float(settings["alpha"])
+        if settings["downscale"] == "least_error":
+
+            def select(x: torch.Tensor, a: float, gone: np.ndarray | None):
+                return select_group([raw_image(x, norm)], None, {**settings, "alpha": a}, m * p, gone)
+
+            raw, sel = least_error(raw, removed_of, select, lambda x: raw_image(x, norm), alpha, m * p, min_pixels)
+        else:
+            raw, alpha, removed = fit_to_budget(raw, removed_of, alpha, m * p, min_pixels)
+            settings = {**settings, "alpha": alpha}
+    if sel is None:
+        sel = select_group([raw_image(raw, norm)], None, settings, m * p, removed)
     regions = np.asarray(sel.regions, dtype=np.int64)
     rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     grid = (raw.shape[-2] // p, raw.shape[-1] // p)
@@ -197,7 +206,7 @@ def prune_batch(
     min_pixels = None
     if settings["downscale"]:
         if not kwargs.get("do_resize"):
-            raise ValueError("downscale=True resizes the images further and needs do_resize=True")
+            raise ValueError(f"downscale={settings['downscale']!r} resizes the images further and needs do_resize=True")
         min_pixels = kwargs["size"]["shortest_edge"]
     start, rows_out, regions_out = 0, [], []
     for i, grid in enumerate(grid_list):

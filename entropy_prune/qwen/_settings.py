@@ -76,11 +76,14 @@ def check(settings: dict) -> None:
     keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score", "tolerance")
     check_selection(*(settings[k] for k in keys))
     downscale = settings["downscale"]
-    if not isinstance(downscale, (bool, np.bool_)):
-        raise TypeError(f"downscale must be True or False, got {downscale!r}")
+    if isinstance(downscale, str):
+        if downscale != "least_error":
+            raise ValueError(f"downscale must be True, False or 'least_error', got {downscale!r}")
+    elif not isinstance(downscale, (bool, np.bool_)):
+        raise TypeError(f"downscale must be True, False or 'least_error', got {downscale!r}")
     if downscale and settings["patch_selection_method"] != "budget":
-        raise ValueError(f"downscale=True needs patch_selection_method='budget' (it fits the image to the "
-                         f"budget), got {settings['patch_selection_method']!r}")
+        raise ValueError(f"downscale={downscale!r} needs patch_selection_method='budget' (it fits the image to "
+                         f"the budget), got {settings['patch_selection_method']!r}")
     if settings["temporal_threshold"] is not None:
         check_real("temporal_threshold", settings["temporal_threshold"], low=0, low_open=True,
                    meaning="luma change in [0, 1] units; or None")
