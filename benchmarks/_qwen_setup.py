@@ -44,26 +44,33 @@ def page(megapixels: float) -> tuple[np.ndarray, str]:
 
 
 def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
-               **library) -> tuple[np.ndarray, int]:
-    """The wrapped processor's ``downscale=True`` on a resized uint8 (H, W, 3) image: shrunk by the
-    adapter's own ``fit_to_budget`` until its unremoved units fit the budget, selected there at
-    that budget (``library``: more ``select_patches`` keywords, e.g. tolerance), shown by
+               downscale: bool | str = True, **library) -> tuple[np.ndarray, int]:
+    """The wrapped processor's ``downscale`` (True or "least_error") on a resized uint8 (H, W, 3)
+    image: shrunk by the adapter's own ``fit_to_budget`` / ``least_error``, selected there at the
+    budget of (H, W) (``library``: more ``select_patches`` keywords, e.g. tolerance), shown by
     ``reconstruct`` and scaled back to (H, W) (bilinear, as the uniform baselines). Returns (shown
     image, tokens)."""
     import torch
 
     from entropy_prune import reconstruct, select_patches
-    from entropy_prune.qwen._downscale import fit_to_budget
+    from entropy_prune.qwen._downscale import fit_to_budget, least_error
     from entropy_prune.qwen._prune import removed_units
 
     tolerance = library.get("tolerance")
     raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
     def removed(x: torch.Tensor) -> np.ndarray | None:
         return None if tolerance is None else removed_units(x.numpy(), tolerance, unit)
 
-    small, small_alpha, _ = fit_to_budget(raw, removed, alpha, unit, min_pixels)
+    def select(x: torch.Tensor, a: float, gone: np.ndarray | None):
+        return select_patches(x.numpy(), "budget", a, patch_size=unit, channels_first=True, **library)
+
+    if downscale == "least_error":
+        small, sel = least_error(raw, removed, select, lambda x: x.numpy(), alpha, unit, min_pixels)
+    else:
+        small, small_alpha, gone = fit_to_budget(raw, removed, alpha, unit, min_pixels)
+        sel = select(small, small_alpha, gone)
     small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
-    sel = select_patches(small, "budget", small_alpha, patch_size=unit, **library)
     shown = Image.fromarray(reconstruct(small, sel, unit)).resize(img.shape[1::-1], Image.BILINEAR)
     return np.asarray(shown), sel.num_tokens
 

@@ -11,8 +11,9 @@ with the resized image, next to two baselines with the same token count:
             up-scaling kernel `reconstruct` uses for coarse regions, so only what was kept differs);
   random  - the same budget selection driven by random scores (seeded).
 Rows of mode "downscale" are the wrapped processor's ``downscale=True`` with ``tolerance=0``
-(``_qwen_setup.downscaled``: the image shrunk until its unpredicted units fit the budget), each
-against uniform at its own token count.
+(``_qwen_setup.downscaled``: the image shrunk until its unpredicted units fit the budget), rows
+"least_error" its ``downscale="least_error"`` with ``tolerance=0`` (the size of least error
+between those two), each against uniform at its own token count.
 Gains are in dB of PSNR over uniform (positive = the selection keeps more of the image); each
 row names its worst image. A second table does the same for small images (a few photographs
 resized to 16 x 16 down to 6 x 6 cells), where a quadtree has the least room.
@@ -40,7 +41,7 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text"]
 MODES = ("multiscale", "drop")
-ROWS = (*MODES, "downscale")  # table order
+ROWS = (*MODES, "downscale", "least_error")  # table order
 SMALL_SOURCES = ("astronaut", "chelsea", "coffee")
 SMALL_CELLS = (16, 12, 8, 6)  # small images: n x n cells of 28 px, where a quadtree has least room
 
@@ -95,11 +96,11 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
         for mode in MODES:
             rand = select_patches(noise, "budget", alpha, mode=mode)
             rand_q = quality(img, reconstruct(img, rand, UNIT))
-            if mode == "multiscale":
-                shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, tolerance=0)
+            for rule in ("downscale", "least_error") if mode == "multiscale" else ():
+                shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule == "downscale" or rule, tolerance=0)
                 uni, uni_tokens = uniform(img, tokens)
                 q, uq = quality(img, shown), quality(img, uni)
-                rows.append(dict(image=name, alpha=alpha, mode="downscale", score="detail", tokens=tokens,
+                rows.append(dict(image=name, alpha=alpha, mode=rule, score="detail", tokens=tokens,
                                  cells=rand.num_cells, uniform_tokens=uni_tokens, psnr=q[0], ssim=q[1],
                                  uniform_psnr=uq[0], uniform_ssim=uq[1], random_psnr=rand_q[0],
                                  random_ssim=rand_q[1]))
@@ -116,7 +117,7 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
 
 def summary(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print(f"{'mode':<10} {'score':<8} {'alpha':>5} {'tokens':>7} {'PSNR':>6} {'uniform':>8} {'random':>7} "
+    print(f"{'mode':<11} {'score':<8} {'alpha':>5} {'tokens':>7} {'PSNR':>6} {'uniform':>8} {'random':>7} "
           f"{'gain dB':>8} {'min gain':>9} {'worst image':<22} {'SSIM':>5} {'uni':>5} {'rand':>5}")
     keys = sorted({(r["mode"], r["score"], r["alpha"]) for r in rows}, key=lambda k: (ROWS.index(k[0]), k[1], k[2]))
     for mode, score, alpha in keys:
@@ -127,7 +128,7 @@ def summary(rows: list[dict], title: str) -> None:
         def mean(key, sub=sub):  # the default binds this iteration's rows (B023)
             return statistics.fmean(r[key] for r in sub)
 
-        print(f"{mode:<10} {score:<8} {alpha:>5.2f} {mean('tokens') / mean('cells'):>6.1%} {mean('psnr'):>6.2f} "
+        print(f"{mode:<11} {score:<8} {alpha:>5.2f} {mean('tokens') / mean('cells'):>6.1%} {mean('psnr'):>6.2f} "
               f"{mean('uniform_psnr'):>8.2f} {mean('random_psnr'):>7.2f} {statistics.fmean(gains):>+8.2f} "
               f"{min(gains):>+9.2f} {worst['image']:<22} {mean('ssim'):>5.3f} {mean('uniform_ssim'):>5.3f} "
               f"{mean('random_ssim'):>5.3f}")

@@ -1,7 +1,7 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
     python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
-                                   [--tolerance T] [--downscale] [--jobs 2]
+                                   [--tolerance T] [--downscale [least_error]] [--jobs 2]
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
@@ -17,6 +17,7 @@ the resized size:
             adds that setting), shown by ``reconstruct``; with ``--downscale``, the wrapped
             processor's ``downscale=True``: the page shrunk until its unremoved units fit the
             budget, selected there, shown by ``reconstruct`` and scaled back up (bilinear);
+            ``--downscale least_error``: its ``downscale="least_error"`` (the size of least error);
   entropy - the same with score="entropy", its budget searched so its count equals the library's;
   uniform - Qwen's own down-scaling: smart_resize at the largest max_pixels whose grid has at most
             the library's token count, bicubic down, bilinear back up;
@@ -178,14 +179,14 @@ def matched(image, tokens: int, cells: int, **kwargs):
     return best or sel
 
 
-def conditions(img: np.ndarray, alpha: float, seed: int = 0, downscale: bool = False,
+def conditions(img: np.ndarray, alpha: float, seed: int = 0, downscale: bool | str = False,
                **library) -> dict[str, tuple[np.ndarray, int]]:
     """Every condition's shown image (at the size of ``img``) and token count; ``library``: extra
     keywords of the library's ``select_patches`` call (e.g. tolerance); ``downscale``: the library
-    condition as the wrapped processor's ``downscale=True`` (``_qwen_setup.downscaled``)."""
+    condition as the wrapped processor's ``downscale`` (True or "least_error", ``_qwen_setup.downscaled``)."""
     cells = (img.shape[0] // UNIT) * (img.shape[1] // UNIT)
     if downscale:
-        shown = downscaled(img, alpha, UNIT, MIN_PIXELS, **library)
+        shown = downscaled(img, alpha, UNIT, MIN_PIXELS, downscale, **library)
     else:
         lib = select_patches(img, "budget", alpha, **library)
         shown = reconstruct(img, lib, UNIT), lib.num_tokens
@@ -346,8 +347,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alphas", type=float, nargs="+", help="budget alphas (default 0.3 0.5; quick: 0.3)")
     parser.add_argument("--resizes", nargs="+", choices=list(RESIZES), help="resize settings (quick: checkpoint)")
     parser.add_argument("--tolerance", type=float, help="the library's select_patches tolerance (default: off)")
-    parser.add_argument("--downscale", action="store_true",
-                        help="the library condition as the wrapped processor's downscale=True")
+    parser.add_argument("--downscale", nargs="?", const="fit", choices=["fit", "least_error"],
+                        help="the library condition as the wrapped processor's downscale=True (fit) or "
+                             "downscale='least_error'")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)
     if shutil.which("tesseract") is None:
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     specs = QUICK_PAGES if args.quick else PAGES
     library = {} if args.tolerance is None else {"tolerance": args.tolerance}
     if args.downscale:
-        library["downscale"] = True
+        library["downscale"] = args.downscale == "fit" or args.downscale
     start = time.perf_counter()
     jobs = [(s, name) for s in specs for name in resizes]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_processor [--sizes 1 4] [--backends pil torchvision]
                                          [--photo astronaut|page] [--alpha 0.3] [--repeats 30]
-                                         [--tolerance T] [--downscale] [--fresh-processes N]
+                                         [--tolerance T] [--downscale [least_error]] [--fresh-processes N]
 
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
 measurement, stock vs ``wrap_processor(stock, "budget", alpha)`` (default score), for each
@@ -11,7 +11,8 @@ units of 28 px), so 4 MP images are not downscaled. With torchvision a third pro
 only*, is the wrapped one with the stock ``process_image`` (a channels-first copy before
 resizing): the cost of pruning alone, without the wrapped processor's faster resize.
 ``--photo page`` takes a rendered text page instead of a photograph; ``--tolerance`` and
-``--downscale`` add those settings to the wrapped processor. Calls
+``--downscale`` (``downscale=True``; ``--downscale least_error``: ``downscale="least_error"``)
+add those settings to the wrapped processor. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
 after 2 warm-up rounds, all in this process, torch at its default thread count.
 
@@ -135,7 +136,7 @@ def fresh_processes(args) -> None:
 def settings(args) -> dict:
     """The wrapped processor's settings besides method and alpha, from the command line."""
     return {**({} if args.tolerance is None else {"tolerance": args.tolerance}),
-            **({"downscale": True} if args.downscale else {})}
+            **({"downscale": args.downscale == "fit" or args.downscale} if args.downscale else {})}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alpha", type=setup.unit_float, default=0.3, help="budget alpha (0 < alpha <= 1)")
     parser.add_argument("--repeats", type=setup.positive_int, default=30, help="timed stock/wrapped pairs per row")
     parser.add_argument("--tolerance", type=float, default=None, help="the wrapped processor's tolerance")
-    parser.add_argument("--downscale", action="store_true", help="the wrapped processor's downscale=True")
+    parser.add_argument("--downscale", nargs="?", const="fit", choices=["fit", "least_error"],
+                        help="the wrapped processor's downscale=True (fit) or downscale='least_error'")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
                         help="also time each processor alone in this many fresh processes")
     args = parser.parse_args(argv)
