@@ -209,7 +209,7 @@ def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **
     return float(((shown.double() - torch.from_numpy(luma(raw)).double()) ** 2).sum()), sel
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None)
 @given(
     h=st.integers(56, 336), w=st.integers(56, 336), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
     photo=st.booleans(), alpha=st.floats(0.05, 1.0), tolerance=st.sampled_from([None, 0]),
