@@ -241,3 +241,20 @@ def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tole
     if fitting:
         assert len(sel.regions) <= budget
         assert err <= min(fitting) * (1 + 1e-6) + 1e-6
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
+def test_least_error_on_float_images(backend):
+    """[0, 1] float pixels (do_rescale=False) go the same way as 8-bit ones: a grid no larger
+    than the processor's, at most the budget, rows valid for the model."""
+    proc = wrap_processor(make_processor(backend).image_processor, alpha=0.3, downscale="least_error")
+    images = [textured_image(252, 336, 0), page(336, 252, 1, lines=20)]
+    floats = [x.astype(np.float32) / 255 for x in images]
+    ours = proc(floats, return_tensors="pt", size=PAGE_SIZE, do_rescale=False)
+    stock = make_processor(backend).image_processor(floats, return_tensors="pt", size=PAGE_SIZE, do_rescale=False)
+    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
+    for i, (grid, full) in enumerate(zip(ours["image_grid_thw"].tolist(), stock["image_grid_thw"].tolist(),
+                                         strict=True)):
+        assert grid[1] <= full[1] and grid[2] <= full[2]
+        assert (ours[REGIONS_KEY][:, 0] == i).sum() <= math.floor(0.3 * full[1] * full[2] / 4 + 0.5)
+    assert ours["pixel_values"].dtype == stock["pixel_values"].dtype

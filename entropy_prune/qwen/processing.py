@@ -426,7 +426,8 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     each at the budget, and keep the one whose ``reconstruct`` (luma, bilinear back to the
     processor's size) has the least squared error. Best on photographs (never below uniform
     down-scaling at equal tokens in ``bench_fidelity``), worse than ``True`` on text; costs up
-    to 7 selections and renderings per image (about 0.15 s at 1 MP on one core).
+    to 7 selections and renderings per image (about 0.12 s at 1 MP, 4-11x a stock torchvision
+    call: docs/benchmarks.md).
 
     Raises:
         TypeError: not a Qwen-VL processor, or an unknown setting.
