@@ -213,13 +213,14 @@ def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **
 @given(
     h=st.integers(56, 336), w=st.integers(56, 336), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
     photo=st.booleans(), alpha=st.floats(0.05, 1.0), tolerance=st.sampled_from([None, 0]),
+    mode=st.sampled_from(["multiscale", "drop"]),
 )
-def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tolerance):
+def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tolerance, mode):
     """downscale="least_error": the core's selection at the budget on a grid between the
     processor's and downscale=True's, at most the budget, valid for the model, deterministic, and
     its error no larger than at either end (the processor's grid, downscale=True's grid)."""
     image = textured_image(h, w, seed) if photo else page(h, w, seed, lines)
-    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance)
+    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance, mode=mode)
     plain = proc([image], return_tensors="pt", size=PAGE_SIZE)
     fit = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
     ours = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
@@ -232,9 +233,9 @@ def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tole
     assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
     _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
     raw = resized(processor, image, size=PAGE_SIZE)
-    err, sel = luma_error(raw, grid, budget, alpha, tolerance=tolerance)
+    err, sel = luma_error(raw, grid, budget, alpha, tolerance=tolerance, mode=mode)
     assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
-    ends = [luma_error(raw, g, budget, alpha, tolerance=tolerance) for g in (stock_grid, fit_grid)]
+    ends = [luma_error(raw, g, budget, alpha, tolerance=tolerance, mode=mode) for g in (stock_grid, fit_grid)]
     fitting = [e for e, s in ends if s.num_tokens <= budget]
     event(f"{'stock' if grid == stock_grid else 'fit' if grid == fit_grid else 'between'} grid; "
           f"{len(fitting)} ends fit the budget")
