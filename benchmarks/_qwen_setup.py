@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Qwen2-VL's own max_pixels (16384 units of 28 px): 4 MP images are not downscaled.
 MAX_PIXELS = 16384 * 28 * 28
 MIN_PIXELS = 56 * 56
+DOWNSCALE = {"fit": True, "least_error": "least_error"}
+"""The benchmarks' ``--downscale`` choices -> the wrapped processor's ``downscale``."""
 PHOTOS = ("astronaut", "coffee", "retina")
 
 
@@ -46,14 +48,14 @@ def page(megapixels: float) -> tuple[np.ndarray, str]:
 def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
                downscale: bool | str = True, **library) -> tuple[np.ndarray, int]:
     """The wrapped processor's ``downscale`` (True or "least_error") on a resized uint8 (H, W, 3)
-    image: shrunk by the adapter's own ``fit_to_budget`` / ``least_error``, selected there at the
+    image: shrunk by the adapter's own ``shrink_and_select``, selected there at the
     budget of (H, W) (``library``: more ``select_patches`` keywords, e.g. tolerance), shown by
     ``reconstruct`` and scaled back to (H, W) (bilinear, as the uniform baselines). Returns (shown
     image, tokens)."""
     import torch
 
     from entropy_prune import reconstruct, select_patches
-    from entropy_prune.qwen._downscale import fit_to_budget, least_error
+    from entropy_prune.qwen._downscale import shrink_and_select
     from entropy_prune.qwen._prune import removed_units
 
     tolerance = library.get("tolerance")
@@ -65,11 +67,7 @@ def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = 
     def select(x: torch.Tensor, a: float, gone: np.ndarray | None):
         return select_patches(x.numpy(), "budget", a, patch_size=unit, channels_first=True, **library)
 
-    if downscale == "least_error":
-        small, sel = least_error(raw, removed, select, lambda x: x.numpy(), alpha, unit, min_pixels)
-    else:
-        small, small_alpha, gone = fit_to_budget(raw, removed, alpha, unit, min_pixels)
-        sel = select(small, small_alpha, gone)
+    small, sel = shrink_and_select(raw, downscale, removed, select, lambda x: x.numpy(), alpha, unit, min_pixels)
     small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
     shown = Image.fromarray(reconstruct(small, sel, unit)).resize(img.shape[1::-1], Image.BILINEAR)
     return np.asarray(shown), sel.num_tokens

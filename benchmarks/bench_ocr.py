@@ -56,7 +56,7 @@ from tqdm import tqdm
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from benchmarks._documents import Region, render_page
-from benchmarks._qwen_setup import downscaled
+from benchmarks._qwen_setup import DOWNSCALE, downscaled
 from entropy_prune import detail_maps, reconstruct, select_patches
 
 UNIT = 28  # px per LLM token side in Qwen2-VL (14 px patches, 2 x 2 merge)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alphas", type=float, nargs="+", help="budget alphas (default 0.3 0.5; quick: 0.3)")
     parser.add_argument("--resizes", nargs="+", choices=list(RESIZES), help="resize settings (quick: checkpoint)")
     parser.add_argument("--tolerance", type=float, help="the library's select_patches tolerance (default: off)")
-    parser.add_argument("--downscale", nargs="?", const="fit", choices=["fit", "least_error"],
+    parser.add_argument("--downscale", nargs="?", const="fit", choices=list(DOWNSCALE),
                         help="the library condition as the wrapped processor's downscale=True (fit) or "
                              "downscale='least_error'")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     specs = QUICK_PAGES if args.quick else PAGES
     library = {} if args.tolerance is None else {"tolerance": args.tolerance}
     if args.downscale:
-        library["downscale"] = args.downscale == "fit" or args.downscale
+        library["downscale"] = DOWNSCALE[args.downscale]
     start = time.perf_counter()
     jobs = [(s, name) for s in specs for name in resizes]
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:

@@ -136,7 +136,7 @@ def fresh_processes(args) -> None:
 def settings(args) -> dict:
     """The wrapped processor's settings besides method and alpha, from the command line."""
     return {**({} if args.tolerance is None else {"tolerance": args.tolerance}),
-            **({"downscale": args.downscale == "fit" or args.downscale} if args.downscale else {})}
+            **({"downscale": setup.DOWNSCALE[args.downscale]} if args.downscale else {})}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alpha", type=setup.unit_float, default=0.3, help="budget alpha (0 < alpha <= 1)")
     parser.add_argument("--repeats", type=setup.positive_int, default=30, help="timed stock/wrapped pairs per row")
     parser.add_argument("--tolerance", type=float, default=None, help="the wrapped processor's tolerance")
-    parser.add_argument("--downscale", nargs="?", const="fit", choices=["fit", "least_error"],
+    parser.add_argument("--downscale", nargs="?", const="fit", choices=list(setup.DOWNSCALE),
                         help="the wrapped processor's downscale=True (fit) or downscale='least_error'")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
                         help="also time each processor alone in this many fresh processes")

@@ -19,15 +19,24 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from .._image import BT601
+from .._image import gray
 from ..reconstruct import reconstruct
 
 _STEPS = 4  # proportional steps down at most: two almost always suffice
 _BETWEEN = 5  # least_error: sizes tried between the processor's and fit_to_budget's
 
 
-def _unremoved(gone: np.ndarray | None, h: int, w: int, unit_px: int) -> int:
-    return (h // unit_px) * (w // unit_px) - (0 if gone is None else int(gone.sum()))
+def _units(size: tuple[int, int], unit_px: int) -> int:
+    return (size[0] // unit_px) * (size[1] // unit_px)
+
+
+def _unremoved(gone: np.ndarray | None, size: tuple[int, int], unit_px: int) -> int:
+    return _units(size, unit_px) - (0 if gone is None else int(gone.sum()))
+
+
+def _alpha(budget: int, units: int, alpha: float) -> float:
+    """The alpha that selects ``budget`` units of ``units`` (``alpha`` itself where the budget is 0)."""
+    return min(budget / units, 1.0) if budget else alpha
 
 
 def resize(raw: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -66,10 +75,10 @@ def fit_to_budget(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarra
         smart_resize goes no smaller or below ``min_pixels`` (then the budget coarsens the rest).
     """
     h, w = raw.shape[-2:]
-    units = (h // unit_px) * (w // unit_px)
+    units = _units((h, w), unit_px)
     budget = math.floor(alpha * units + 0.5)
     gone = removed(raw)
-    image, need, size = raw, _unremoved(gone, h, w, unit_px), (h, w)
+    image, need, size = raw, _unremoved(gone, (h, w), unit_px), (h, w)
     for _ in range(_STEPS):
         if need <= budget or budget < 1:
             break
@@ -77,20 +86,17 @@ def fit_to_budget(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarra
         new = smart_resize(h, w, unit_px, min_pixels, max(target, 1) * unit_px * unit_px)
         if not min_pixels <= new[0] * new[1] < size[0] * size[1]:  # smart_resize may shrink below it
             break
-        size, units = new, (new[0] // unit_px) * (new[1] // unit_px)
+        size, units = new, _units(new, unit_px)
         image = resize(raw, *size)
         gone = removed(image)
-        need = _unremoved(gone, *size, unit_px)
-    return image, min(budget / units, 1.0) if budget else alpha, gone
-
-
-_LUMA = np.array(BT601, np.float32)
+        need = _unremoved(gone, size, unit_px)
+    return image, _alpha(budget, units, alpha), gone
 
 
 def _luma(image: np.ndarray) -> torch.Tensor:
     """(h, w) float32 BT.601 luma of a (3, h, w) uint8 or [0, 1] float image, in 8-bit levels
     (fastest on channels-last memory)."""
-    y = np.moveaxis(image, 0, -1).astype(np.float32) @ _LUMA
+    y = gray(np.moveaxis(image, 0, -1))
     return torch.from_numpy(y if image.dtype == np.uint8 else y * np.float32(255.0))
 
 
@@ -123,11 +129,13 @@ def least_error(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarray 
         selection fits the budget).
     """
     h, w = raw.shape[-2:]
-    units = (h // unit_px) * (w // unit_px)
+    units = _units((h, w), unit_px)
     budget = math.floor(alpha * units + 0.5)
-    fit, fit_alpha, fit_gone = fit_to_budget(raw, removed, alpha, unit_px, min_pixels)
+    raw_gone = removed(raw)  # fit_to_budget's first step, and the processor's size's candidate
+    fit, fit_alpha, fit_gone = fit_to_budget(raw, lambda x: raw_gone if x is raw else removed(x), alpha, unit_px,
+                                             min_pixels)
     fit_size = tuple(fit.shape[-2:])
-    fit_units = (fit_size[0] // unit_px) * (fit_size[1] // unit_px)
+    fit_units = _units(fit_size, unit_px)
     sizes = [(h, w)]
     for i in range(1, _BETWEEN + 1):
         target = math.floor(units ** (1 - i / (_BETWEEN + 1)) * fit_units ** (i / (_BETWEEN + 1)))
@@ -139,13 +147,15 @@ def least_error(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarray 
     for size in sizes + ([fit_size] if fit_size != (h, w) else []):
         if size == fit_size:
             image, a, gone = fit, fit_alpha, fit_gone
+        elif size == (h, w):
+            image, a, gone = raw, _alpha(budget, units, alpha), raw_gone
         else:
-            image = raw if size == (h, w) else resize(raw, *size)
-            a = min(budget / ((size[0] // unit_px) * (size[1] // unit_px)), 1.0) if budget else alpha
-        sel = select(image, a, gone if size == fit_size else removed(image))
+            image = resize(raw, *size)
+            a, gone = _alpha(budget, _units(size, unit_px), alpha), removed(image)
+        sel = select(image, a, gone)
         if sel.num_tokens > budget:
             continue
-        shown = _luma(scoring(image))
+        shown = ref if image is raw else _luma(scoring(image))
         if not (sel.label_map == 1).all():  # something coarse, predicted or dropped
             shown = torch.from_numpy(reconstruct(shown.numpy(), sel, unit_px, value_range=(0.0, 255.0)))
         err = float(torch.dist(_up(shown, ref.shape), ref)) ** 2
@@ -154,3 +164,14 @@ def least_error(raw: torch.Tensor, removed: Callable[[torch.Tensor], np.ndarray 
     if best is None:
         return fit, select(fit, fit_alpha, fit_gone)
     return best[1], best[2]
+
+
+def shrink_and_select(raw: torch.Tensor, rule: bool | str, removed: Callable[[torch.Tensor], np.ndarray | None],
+                      select: Callable, scoring: Callable[[torch.Tensor], np.ndarray], alpha: float, unit_px: int,
+                      min_pixels: int) -> tuple[torch.Tensor, object]:
+    """``downscale=rule`` (True or "least_error") on ``raw``: the image to cut the units from and
+    its Selection (arguments as in :func:`least_error`)."""
+    if rule == "least_error":
+        return least_error(raw, removed, select, scoring, alpha, unit_px, min_pixels)
+    image, a, gone = fit_to_budget(raw, removed, alpha, unit_px, min_pixels)
+    return image, select(image, a, gone)

@@ -19,7 +19,7 @@ from .._image import BT601
 from ..scores import score_maps
 from ..selection import _check_method, _check_tolerance, _predictable, _select_maps, default_score
 from ._compat import NORM_KEYS
-from ._downscale import fit_to_budget, least_error
+from ._downscale import shrink_and_select
 from ._units import cat, cut_regions
 
 
@@ -124,30 +124,24 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
         normalize: (units, raw dtype) -> the units as the stock pipeline turns pixels of that
             dtype into rows (see :func:`cut_regions`).
         min_pixels: the processor's lower bound on H * W; with ``downscale`` the image is first
-            shrunk (:func:`fit_to_budget`, or :func:`least_error` for ``"least_error"``), never below it.
+            shrunk (:func:`shrink_and_select`), never below it.
     Returns:
         rows ((num_kept * m*m, C*tp*p*p), the stock dtype), regions int64 (num_kept, 4):
         (level, t, row, col), and the (h, w) in patches of the image they were cut from.
     """
-    removed, sel = None, None
+    def select(x: torch.Tensor, a: float, gone: np.ndarray | None = None):
+        return select_group([raw_image(x, norm)], None, {**settings, "alpha": a}, m * p, gone)
+
     if settings["downscale"]:
         tolerance = settings["tolerance"]
 
         def removed_of(x: torch.Tensor) -> np.ndarray | None:
             return None if tolerance is None else removed_units(raw_image(x, norm), tolerance, m * p)
 
-        alpha = float(settings["alpha"])
-        if settings["downscale"] == "least_error":
-
-            def select(x: torch.Tensor, a: float, gone: np.ndarray | None):
-                return select_group([raw_image(x, norm)], None, {**settings, "alpha": a}, m * p, gone)
-
-            raw, sel = least_error(raw, removed_of, select, lambda x: raw_image(x, norm), alpha, m * p, min_pixels)
-        else:
-            raw, alpha, removed = fit_to_budget(raw, removed_of, alpha, m * p, min_pixels)
-            settings = {**settings, "alpha": alpha}
-    if sel is None:
-        sel = select_group([raw_image(raw, norm)], None, settings, m * p, removed)
+        raw, sel = shrink_and_select(raw, settings["downscale"], removed_of, select, lambda x: raw_image(x, norm),
+                                     float(settings["alpha"]), m * p, min_pixels)
+    else:
+        sel = select(raw, settings["alpha"])
     regions = np.asarray(sel.regions, dtype=np.int64)
     rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
     grid = (raw.shape[-2] // p, raw.shape[-1] // p)
