@@ -13,7 +13,10 @@ with the resized image, next to two baselines with the same token count:
 Rows of mode "downscale" are the wrapped processor's ``downscale=True`` with ``tolerance=0``
 (``_qwen_setup.downscaled``: the image shrunk until its unpredicted units fit the budget), rows
 "least_error" its ``downscale="least_error"`` with ``tolerance=0`` (the size of least error
-between those two), each against uniform at its own token count.
+between those two), each against uniform at its own token count. Rows "best_size" are an oracle
+for that family: of every size the processor gives the image under some smaller ``max_pixels``,
+the one whose budget selection (``tolerance=0``) shows the image with the highest true RGB PSNR
+(least_error's choice made with the true error, over every size).
 Gains are in dB of PSNR over uniform (positive = the selection keeps more of the image); each
 row names its worst image. A second table does the same for small images (a few photographs
 resized to 16 x 16 down to 6 x 6 cells), where a quadtree has the least room.
@@ -26,6 +29,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -34,6 +38,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from benchmarks._qwen_setup import downscaled
 from entropy_prune import reconstruct, select_patches
+from entropy_prune.qwen._downscale import resize as shrink
 from entropy_prune.scores import SCORES, score_maps
 
 UNIT = 28  # px per LLM token side in Qwen2-VL (14 px patches, 2 x 2 merge)
@@ -41,7 +46,7 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text"]
 MODES = ("multiscale", "drop")
-ROWS = (*MODES, "downscale", "least_error")  # table order
+ROWS = (*MODES, "downscale", "least_error", "best_size")  # table order
 SMALL_SOURCES = ("astronaut", "chelsea", "coffee")
 SMALL_CELLS = (16, 12, 8, 6)  # small images: n x n cells of 28 px, where a quadtree has least room
 
@@ -81,6 +86,30 @@ def uniform(img: np.ndarray, tokens: int) -> tuple[np.ndarray, int]:
     return resize(resize(img, sh, sw), h, w, Image.BILINEAR), (sh // UNIT) * (sw // UNIT)
 
 
+def best_size(img: np.ndarray, alpha: float) -> tuple[np.ndarray, int]:
+    """(shown image, tokens) of the size of highest true RGB PSNR, of every
+    size smart_resize gives (H, W) under max_pixels of 1 .. H W / 28^2 units (resized with the
+    adapter's kernel, as ``downscale`` resizes), each selected at the budget of (H, W) with
+    ``tolerance=0``; sizes whose selection passes the budget are skipped."""
+    h, w = img.shape[:2]
+    units = (h // UNIT) * (w // UNIT)
+    budget = int(np.floor(alpha * units + 0.5))
+    sizes = {smart_resize(h, w, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, units + 1)}
+    raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    best = None
+    for sh, sw in sorted(s for s in sizes if s[0] * s[1] <= h * w):
+        small = img if (sh, sw) == (h, w) else np.ascontiguousarray(shrink(raw, sh, sw).numpy().transpose(1, 2, 0))
+        sel = select_patches(small, "budget", min(budget / ((sh // UNIT) * (sw // UNIT)), 1.0), patch_size=UNIT,
+                             tolerance=0)
+        if sel.num_tokens > budget:
+            continue
+        shown = resize(reconstruct(small, sel, UNIT), h, w, Image.BILINEAR)
+        psnr = peak_signal_noise_ratio(img, shown, data_range=255)
+        if best is None or psnr > best[2]:
+            best = (shown, sel.num_tokens, psnr)
+    return best[:2]
+
+
 def run(alphas: list[float], seed: int = 0) -> list[dict]:
     rows = []
     jobs = [(name, alpha) for name in PHOTOS + SMALL for alpha in alphas]
@@ -96,8 +125,11 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
         for mode in MODES:
             rand = select_patches(noise, "budget", alpha, mode=mode)
             rand_q = quality(img, reconstruct(img, rand, UNIT))
-            for rule in ("downscale", "least_error") if mode == "multiscale" else ():
-                shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule == "downscale" or rule, tolerance=0)
+            for rule in ("downscale", "least_error", "best_size") if mode == "multiscale" else ():
+                if rule == "best_size":
+                    shown, tokens = best_size(img, alpha)
+                else:
+                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule == "downscale" or rule, tolerance=0)
                 uni, uni_tokens = uniform(img, tokens)
                 q, uq = quality(img, shown), quality(img, uni)
                 rows.append(dict(image=name, alpha=alpha, mode=rule, score="detail", tokens=tokens,
