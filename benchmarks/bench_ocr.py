@@ -341,6 +341,16 @@ def report(rows: list[dict], alphas: list[float], resizes: list[str]) -> list[di
     return checks
 
 
+def need_reader(prog: str) -> None:
+    """Exit with the install command where the tesseract command or the font is missing."""
+    if shutil.which("tesseract") is None:
+        sys.exit(f"{prog} needs the tesseract command: {APT}")
+    try:
+        ImageFont.truetype(FONT, 10)
+    except OSError:
+        sys.exit(f"{prog} needs the {FONT} font: {APT}")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ocr", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small pages, alpha 0.3, checkpoint resize (CI)")
@@ -352,12 +362,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "downscale='least_error'")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)
-    if shutil.which("tesseract") is None:
-        sys.exit(f"bench_ocr needs the tesseract command: {APT}")
-    try:
-        ImageFont.truetype(FONT, 10)
-    except OSError:
-        sys.exit(f"bench_ocr needs the {FONT} font: {APT}")
+    need_reader("bench_ocr")
     alphas = args.alphas or ([0.3] if args.quick else [0.3, 0.5])
     if any(not 0 < a <= 1 for a in alphas):
         parser.error(f"--alphas must be in (0, 1], got {alphas}")

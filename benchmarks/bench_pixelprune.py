@@ -1,6 +1,7 @@
-"""PixelPrune's selector beside the library's, on documents and photographs: tokens and PSNR.
+"""PixelPrune's selector beside the library's, on documents and photographs: tokens, PSNR, OCR.
 
     python -m benchmarks.bench_pixelprune [--tau 0 4] [--quick]
+    python -m benchmarks.bench_pixelprune --ocr [--tau 0 4] [--resizes checkpoint cap1280] [--quick]
 
 PixelPrune (arXiv 2604.00886; OPPO-Mente-Lab/PixelPrune, ``pixelprune/methods/pred_2d.py``) is
 re-implemented here from its published description: on the grid of merge units (28 px for
@@ -16,17 +17,24 @@ PSNR of what it shows; the library's own predictable-cell removal at the same to
 (``select_patches(image, None, tolerance=tau)``: its kept tokens and PSNR); then at PixelPrune's
 token count the library's budget (multiscale, ``detail`` score) without and with that removal
 as its first step, and Qwen's uniform down-scaling, as in ``bench_fidelity``.
+
+With ``--ocr``, the same conditions on ``bench_ocr``'s pages (its :data:`~benchmarks.bench_ocr.PAGES`,
+resizes and reader: Tesseract on each text region, upscaled 2x): tokens, CER and word recall of
+what each shows, beside the full page. Needs what ``bench_ocr`` needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio
 
-from benchmarks._documents import LAYOUTS, render
+from benchmarks import bench_ocr as bo
+from benchmarks._documents import LAYOUTS, render, render_page
 from benchmarks.bench_fidelity import PHOTOS, UNIT, load, uniform
 from entropy_prune import reconstruct, select_patches
 
@@ -78,21 +86,80 @@ def psnr(ref: np.ndarray, img: np.ndarray) -> float:
     return float("inf") if np.array_equal(ref, img) else float(peak_signal_noise_ratio(ref, img, data_range=255))
 
 
-def compare(name: str, image: np.ndarray, tau: float) -> dict:
-    """PixelPrune at ``tau``; the library's removal of predictable cells at ``tau`` alone; at
-    PixelPrune's token count the library's budget without and with that removal, and uniform
-    down-scaling."""
+CONDITIONS = ("pixelprune", "lossless", "library", "first", "uniform")  # shown_by's keys
+
+
+def shown_by(image: np.ndarray, tau: float) -> dict[str, tuple[np.ndarray, int]]:
+    """Condition -> (what it shows of ``image``, its tokens): PixelPrune at ``tau``; the library's
+    removal of predictable cells at ``tau`` alone; at PixelPrune's token count the library's budget
+    without and with that removal, and uniform down-scaling at the budget's count."""
     keep, shown = pixelprune(to_units(image), tau)
     tokens, cells = int(keep.sum()), keep.size
     alone = select_patches(image, None, patch_size=UNIT, tolerance=tau)
     sel = select_patches(image, "budget", tokens / cells, patch_size=UNIT, score="detail")
     first = select_patches(image, "budget", tokens / cells, patch_size=UNIT, score="detail", tolerance=tau)
-    uni, _ = uniform(image, sel.num_tokens)
-    return dict(image=name, tau=tau, cells=cells, tokens=tokens, pixelprune=psnr(image, from_units(shown)),
-                lossless_tokens=alone.num_tokens, lossless=psnr(image, reconstruct(image, alone, UNIT)),
-                library_tokens=sel.num_tokens, library=psnr(image, reconstruct(image, sel, UNIT)),
-                first_tokens=first.num_tokens, first=psnr(image, reconstruct(image, first, UNIT)),
-                uniform=psnr(image, uni))
+    return {"pixelprune": (from_units(shown), tokens),
+            "lossless": (reconstruct(image, alone, UNIT), alone.num_tokens),
+            "library": (reconstruct(image, sel, UNIT), sel.num_tokens),
+            "first": (reconstruct(image, first, UNIT), first.num_tokens),
+            "uniform": uniform(image, sel.num_tokens)}
+
+
+def compare(name: str, image: np.ndarray, tau: float) -> dict:
+    """:func:`shown_by`'s tokens and PSNR of each condition."""
+    shown = shown_by(image, tau)
+    return dict(image=name, tau=tau, cells=(image.shape[0] // UNIT) * (image.shape[1] // UNIT),
+                tokens=shown["pixelprune"][1], pixelprune=psnr(image, shown["pixelprune"][0]),
+                lossless_tokens=shown["lossless"][1], lossless=psnr(image, shown["lossless"][0]),
+                library_tokens=shown["library"][1], library=psnr(image, shown["library"][0]),
+                first_tokens=shown["first"][1], first=psnr(image, shown["first"][0]),
+                uniform=psnr(image, shown["uniform"][0]))
+
+
+READ = ("full", *CONDITIONS)
+
+
+def read(spec: bo.PageSpec, resize: str, taus: list[float]) -> list[dict]:
+    """One row per tau and condition (and one for the full page) of one of bench_ocr's pages at one
+    of its resizes: tokens, PSNR and Tesseract's CER and word recall of what each condition shows."""
+    page = render_page(spec.layout, spec.h, spec.w, spec.text_px, spec.offset, font=bo.FONT)
+    img = bo.qwen_resize(page.image, bo.RESIZES[resize])
+    shown = {("full", None): (img, (img.shape[0] // UNIT) * (img.shape[1] // UNIT))}
+    for tau in taus:
+        shown.update({(cond, tau): out for cond, out in shown_by(img, tau).items()})
+    scores = bo.read_page({key: out for key, (out, _) in shown.items()}, page.regions, page.image.shape[:2])
+    return [dict(page=spec.name, resize=resize, condition=cond, tau=tau, tokens=n, psnr=psnr(img, out),
+                 cer=scores[cond, tau][0], recall=scores[cond, tau][1]) for (cond, tau), (out, n) in shown.items()]
+
+
+def ocr_report(rows: list[dict], taus: list[float], resizes: list[str]) -> None:
+    """Per page: tokens and CER / word recall of each condition; then means over pages."""
+    names = {"full": "full", "pixelprune": "PixelPrune", "lossless": "library alone", "library": "budget",
+             "first": "budget+pred", "uniform": "uniform"}
+    print("\nTokens, CER / word recall (Tesseract) per page; budget columns at PixelPrune's count\n")
+    print("| page | resize | tau | " + " | ".join(names[c] for c in READ) + " |")
+    print("|---|---|---|" + "---|" * len(READ))
+    pages = list(dict.fromkeys(r["page"] for r in rows))
+    for resize in resizes:
+        for tau in taus:
+            for name in pages:
+                cell = {r["condition"]: r for r in rows if r["page"] == name and r["resize"] == resize
+                        and r["tau"] in (tau, None)}
+                print(f"| {name} | {resize} | {tau:g} | " + " | ".join(
+                    f"{cell[c]['tokens']}: {cell[c]['cer']:.3f} / {cell[c]['recall']:.3f}" for c in READ) + " |")
+    print("\nMeans over pages, CER / word recall (tokens kept):\n")
+    for resize in resizes:
+        for tau in taus:
+            sub = [r for r in rows if r["resize"] == resize and r["tau"] in (tau, None)]
+            cells = {r["page"]: r["tokens"] for r in sub if r["condition"] == "full"}
+
+            def mean(cond, key, sub=sub):
+                return statistics.fmean(r[key] for r in sub if r["condition"] == cond)
+
+            kept = {c: statistics.fmean(r["tokens"] / cells[r["page"]] for r in sub if r["condition"] == c)
+                    for c in READ}
+            print(f"- {resize}, tau {tau:g}: " + "; ".join(
+                f"{names[c]} {mean(c, 'cer'):.3f} / {mean(c, 'recall'):.3f} ({kept[c]:.1%})" for c in READ))
 
 
 def images(quick: bool) -> list[tuple[str, np.ndarray]]:
@@ -107,9 +174,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pixelprune", description=__doc__.split("\n")[0])
     parser.add_argument("--tau", type=float, nargs="+", default=[0.0, 4.0], help="PixelPrune tolerance, gray levels")
     parser.add_argument("--quick", action="store_true", help="2 half-size pages and 2 photographs (CI)")
+    parser.add_argument("--ocr", action="store_true",
+                        help="bench_ocr's pages read by Tesseract instead (quick: its two small pages)")
+    parser.add_argument("--resizes", nargs="+", choices=list(bo.RESIZES), help="--ocr: resize settings "
+                        "(default both; quick: checkpoint)")
+    parser.add_argument("--jobs", type=int, default=2, help="--ocr: pages read at once")
     args = parser.parse_args(argv)
     if any(not np.isfinite(t) or t < 0 for t in args.tau):
         parser.error(f"--tau must be finite numbers >= 0, got {args.tau}")
+    if args.ocr:
+        bo.need_reader("bench_pixelprune --ocr")
+        resizes = args.resizes or (["checkpoint"] if args.quick else list(bo.RESIZES))
+        specs = bo.QUICK_PAGES if args.quick else bo.PAGES
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+            parts = pool.map(lambda job: read(*job, args.tau), [(spec, name) for spec in specs for name in resizes])
+            rows = [r for part in parts for r in part]
+        print(f"{len(specs)} pages of bench_ocr, resizes {resizes}, tau {args.tau}: "
+              f"{time.perf_counter() - start:.0f} s ({args.jobs} at once)")
+        ocr_report(rows, args.tau, resizes)
+        return rows
     rows = [compare(name, img, tau) for name, img in images(args.quick) for tau in args.tau]
     print("tokens kept (of cells) and PSNR dB of what is shown (inf = exact); budget columns at PixelPrune's count")
     print(f"{'image':<22} {'tau':>4} {'cells':>6} {'PixelPrune':>16} {'library alone':>16} "

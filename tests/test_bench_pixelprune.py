@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -76,3 +78,33 @@ def test_library_rule_is_pixelprunes_on_flat_units(units, tau):
     keep, _ = pp.pixelprune(pp.to_units(image), tau)
     sel = select_patches(image, None, patch_size=28, tolerance=tau)
     assert np.array_equal(sel.label_map == 1, keep)
+
+
+def _reader() -> bool:
+    from PIL import ImageFont
+
+    from benchmarks import bench_ocr as bo
+
+    try:
+        ImageFont.truetype(bo.FONT, 10)
+    except OSError:
+        return False
+    return shutil.which("tesseract") is not None
+
+
+@pytest.mark.skipif(not _reader(), reason="no tesseract command or DejaVu font (apt-get install -y tesseract-ocr "
+                    "tesseract-ocr-eng fonts-dejavu-core)")
+def test_quick_ocr_run_reads_lossless_conditions_as_the_full_page(capsys):
+    """At tau 0 PixelPrune and the library's removal show the page exactly, so they read exactly
+    as the full page, with fewer tokens; the budget spends no more than PixelPrune's count."""
+    rows = pp.main(["--ocr", "--quick", "--tau", "0", "--jobs", "1"])
+    assert "library alone" in capsys.readouterr().out
+    for page in {r["page"] for r in rows}:
+        by = {r["condition"]: r for r in rows if r["page"] == page}
+        assert set(by) == set(pp.READ)
+        for cond in ("pixelprune", "lossless", "first"):
+            assert by[cond]["psnr"] == float("inf")
+            assert (by[cond]["cer"], by[cond]["recall"]) == (by["full"]["cer"], by["full"]["recall"])
+            assert by[cond]["tokens"] < by["full"]["tokens"]
+        assert by["library"]["tokens"] <= by["pixelprune"]["tokens"]
+        assert by["library"]["psnr"] < float("inf") and by["uniform"]["psnr"] < float("inf")
