@@ -90,10 +90,11 @@ def best_size(img: np.ndarray, alpha: float) -> tuple[np.ndarray, int]:
     """(shown image, tokens) of the size of highest true RGB PSNR, of every
     size smart_resize gives (H, W) under max_pixels of 1 .. H W / 28^2 units (resized with the
     adapter's kernel, as ``downscale`` resizes), each selected at the budget of (H, W) with
-    ``tolerance=0``; sizes whose selection passes the budget are skipped."""
+    ``tolerance=0``; sizes whose selection passes the budget (at least 1 token: a 2 x 2 grid
+    always fits) are skipped."""
     h, w = img.shape[:2]
     units = (h // UNIT) * (w // UNIT)
-    budget = int(np.floor(alpha * units + 0.5))
+    budget = max(int(np.floor(alpha * units + 0.5)), 1)
     sizes = {smart_resize(h, w, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, units + 1)}
     raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     best = None

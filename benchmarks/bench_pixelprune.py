@@ -178,11 +178,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="bench_ocr's pages read by Tesseract instead (quick: its two small pages)")
     parser.add_argument("--resizes", nargs="+", choices=list(bo.RESIZES), help="--ocr: resize settings "
                         "(default both; quick: checkpoint)")
-    parser.add_argument("--jobs", type=int, default=2, help="--ocr: pages read at once")
+    parser.add_argument("--jobs", type=int, help="--ocr: pages read at once (default 2)")
     args = parser.parse_args(argv)
     if any(not np.isfinite(t) or t < 0 for t in args.tau):
         parser.error(f"--tau must be finite numbers >= 0, got {args.tau}")
+    if not args.ocr and (args.resizes or args.jobs is not None):
+        parser.error("--resizes and --jobs apply to --ocr only")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.ocr:
+        args.jobs = args.jobs or 2
         bo.need_reader("bench_pixelprune --ocr")
         resizes = args.resizes or (["checkpoint"] if args.quick else list(bo.RESIZES))
         specs = bo.QUICK_PAGES if args.quick else bo.PAGES

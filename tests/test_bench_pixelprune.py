@@ -108,3 +108,12 @@ def test_quick_ocr_run_reads_lossless_conditions_as_the_full_page(capsys):
             assert by[cond]["tokens"] < by["full"]["tokens"]
         assert by["library"]["tokens"] <= by["pixelprune"]["tokens"]
         assert by["library"]["psnr"] < float("inf") and by["uniform"]["psnr"] < float("inf")
+
+
+@pytest.mark.parametrize("argv, message", [(["--jobs", "3"], "apply to --ocr only"),
+                                           (["--resizes", "cap1280"], "apply to --ocr only"),
+                                           (["--ocr", "--jobs", "0"], "--jobs must be >= 1")])
+def test_ocr_options_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        pp.main(argv)
+    assert message in capsys.readouterr().err
