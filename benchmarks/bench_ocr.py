@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "downscale='least_error'")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     need_reader("bench_ocr")
     alphas = args.alphas or ([0.3] if args.quick else [0.3, 0.5])
     if any(not 0 < a <= 1 for a in alphas):
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         library["downscale"] = DOWNSCALE[args.downscale]
     start = time.perf_counter()
     jobs = [(s, name) for s in specs for name in resizes]
-    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+    with ThreadPoolExecutor(args.jobs) as pool:
         parts = pool.map(lambda job: evaluate(*job, alphas, library), jobs)
         rows = [r for part in tqdm(parts, "bench_ocr", len(jobs), unit="page x resize") for r in part]
     version = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         resizes = args.resizes or (["checkpoint"] if args.quick else list(bo.RESIZES))
         specs = bo.QUICK_PAGES if args.quick else bo.PAGES
         start = time.perf_counter()
-        with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        with ThreadPoolExecutor(args.jobs) as pool:
             parts = pool.map(lambda job: read(*job, args.tau), [(spec, name) for spec in specs for name in resizes])
             rows = [r for part in parts for r in part]
         print(f"{len(specs)} pages of bench_ocr, resizes {resizes}, tau {args.tau}: "

@@ -150,3 +150,9 @@ def test_quick_run_reads_clean_pages_and_ranks_the_conditions(capsys):
         assert by["library"]["tokens"] == by["entropy"]["tokens"] == by["random"]["tokens"]
         assert 0 < by["uniform"]["tokens"] <= by["library"]["tokens"] < by["full"]["tokens"]
     assert "mean of types" in out and out.count("PASS") + out.count("FAIL") == 2
+
+
+def test_jobs_below_one_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bo.main(["--jobs", "0"])
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
