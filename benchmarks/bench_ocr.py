@@ -341,14 +341,23 @@ def report(rows: list[dict], alphas: list[float], resizes: list[str]) -> list[di
     return checks
 
 
-def need_reader(prog: str) -> None:
-    """Exit with the install command where the tesseract command or the font is missing."""
+def missing_reader() -> str | None:
+    """What reading pages lacks here (the tesseract command or the font) with the command that
+    installs it, or None."""
     if shutil.which("tesseract") is None:
-        sys.exit(f"{prog} needs the tesseract command: {APT}")
+        return f"the tesseract command: {APT}"
     try:
         ImageFont.truetype(FONT, 10)
     except OSError:
-        sys.exit(f"{prog} needs the {FONT} font: {APT}")
+        return f"the {FONT} font: {APT}"
+    return None
+
+
+def need_reader(prog: str) -> None:
+    """Exit, saying what to install, where :func:`missing_reader` finds something missing."""
+    missing = missing_reader()
+    if missing:
+        sys.exit(f"{prog} needs {missing}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image, ImageFont
+from PIL import Image
 
 pytest.importorskip("skimage")
 pytest.importorskip("transformers")
@@ -127,16 +125,7 @@ def test_downscaled_library_is_lossless_on_a_smaller_grid_at_equal_tokens():
         assert np.array_equal(shown, back)
 
 
-def _has_font() -> bool:
-    try:
-        ImageFont.truetype(bo.FONT, 10)
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(shutil.which("tesseract") is None, reason=f"no tesseract command ({bo.APT})")
-@pytest.mark.skipif(not _has_font(), reason=f"no {bo.FONT} ({bo.APT})")
+@pytest.mark.skipif(bo.missing_reader() is not None, reason=f"no {bo.missing_reader()}")
 def test_quick_run_reads_clean_pages_and_ranks_the_conditions(capsys):
     rows = bo.main(["--quick", "--jobs", "1"])
     out = capsys.readouterr().out

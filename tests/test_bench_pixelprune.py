@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -80,20 +78,7 @@ def test_library_rule_is_pixelprunes_on_flat_units(units, tau):
     assert np.array_equal(sel.label_map == 1, keep)
 
 
-def _reader() -> bool:
-    from PIL import ImageFont
-
-    from benchmarks import bench_ocr as bo
-
-    try:
-        ImageFont.truetype(bo.FONT, 10)
-    except OSError:
-        return False
-    return shutil.which("tesseract") is not None
-
-
-@pytest.mark.skipif(not _reader(), reason="no tesseract command or DejaVu font (apt-get install -y tesseract-ocr "
-                    "tesseract-ocr-eng fonts-dejavu-core)")
+@pytest.mark.skipif(pp.bo.missing_reader() is not None, reason=f"no {pp.bo.missing_reader()}")
 def test_quick_ocr_run_reads_lossless_conditions_as_the_full_page(capsys):
     """At tau 0 PixelPrune and the library's removal show the page exactly, so they read exactly
     as the full page, with fewer tokens; the budget spends no more than PixelPrune's count."""
