@@ -38,7 +38,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from benchmarks._qwen_setup import downscaled
 from entropy_prune import reconstruct, select_patches
-from entropy_prune.qwen._downscale import _alpha, _units
+from entropy_prune._downscale import alpha_for, units
 from entropy_prune.qwen._downscale import resize as shrink
 from entropy_prune.scores import SCORES, score_maps
 
@@ -94,14 +94,14 @@ def best_size(img: np.ndarray, alpha: float) -> tuple[np.ndarray, int]:
     ``tolerance=0``; sizes whose selection passes the budget (at least 1 token: a 2 x 2 grid
     always fits) are skipped."""
     h, w = img.shape[:2]
-    units = _units((h, w), UNIT)
-    budget = max(int(np.floor(alpha * units + 0.5)), 1)
-    sizes = {smart_resize(h, w, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, units + 1)}
+    cells = units((h, w), UNIT)
+    budget = max(int(np.floor(alpha * cells + 0.5)), 1)
+    sizes = {smart_resize(h, w, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, cells + 1)}
     raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     best = None
     for sh, sw in sorted(s for s in sizes if s[0] * s[1] <= h * w):
         small = img if (sh, sw) == (h, w) else np.ascontiguousarray(shrink(raw, sh, sw).numpy().transpose(1, 2, 0))
-        sel = select_patches(small, "budget", _alpha(budget, _units((sh, sw), UNIT), alpha), patch_size=UNIT,
+        sel = select_patches(small, "budget", alpha_for(budget, units((sh, sw), UNIT), alpha), patch_size=UNIT,
                              tolerance=0)
         if sel.num_tokens > budget:
             continue

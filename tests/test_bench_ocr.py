@@ -15,7 +15,8 @@ import torch
 
 from benchmarks import bench_ocr as bo
 from benchmarks._documents import Region, render_page
-from entropy_prune.qwen._downscale import fit_to_budget
+from entropy_prune import select_patches
+from entropy_prune.qwen._downscale import shrink_and_select
 from entropy_prune.qwen._prune import removed_units
 
 
@@ -119,7 +120,9 @@ def test_downscaled_library_is_lossless_on_a_smaller_grid_at_equal_tokens():
         assert shown.shape == img.shape and not np.array_equal(shown, img)
         # every unit of the smaller grid is shown exactly: the same as scaling that grid back up
         raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        small, _, _ = fit_to_budget(raw, lambda x: removed_units(x.numpy(), 0, bo.UNIT), alpha, bo.UNIT, bo.MIN_PIXELS)
+        small, _ = shrink_and_select(raw, True, lambda x: removed_units(x.numpy(), 0, bo.UNIT),
+                                     lambda x, a, _: select_patches(x.numpy(), "budget", a, channels_first=True),
+                                     lambda x: x.numpy(), alpha, bo.UNIT, bo.MIN_PIXELS)
         assert small.shape[1] < img.shape[0]
         back = bo.resize(np.ascontiguousarray(small.numpy().transpose(1, 2, 0)), *img.shape[:2], Image.BILINEAR)
         assert np.array_equal(shown, back)

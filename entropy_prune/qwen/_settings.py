@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import numpy as np
-
+from .._downscale import check_downscale
 from .._image import check_real
 from ..selection import check_settings as check_selection
 
@@ -75,12 +74,7 @@ def check(settings: dict) -> None:
     check_call_keywords(settings, set(SETTINGS), "the selection settings", True)
     keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score", "tolerance")
     check_selection(*(settings[k] for k in keys))
-    downscale = settings["downscale"]
-    if isinstance(downscale, str):
-        if downscale != "least_error":
-            raise ValueError(f"downscale must be True, False or 'least_error', got {downscale!r}")
-    elif not isinstance(downscale, (bool, np.bool_)):
-        raise TypeError(f"downscale must be True, False or 'least_error', got {downscale!r}")
+    downscale = check_downscale(settings["downscale"])
     if downscale and settings["patch_selection_method"] != "budget":
         raise ValueError(f"downscale={downscale!r} needs patch_selection_method='budget' (it fits the image to "
                          f"the budget), got {settings['patch_selection_method']!r}")

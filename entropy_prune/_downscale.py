@@ -1,0 +1,177 @@
+"""``downscale``: shrink an image further, as a smaller ``max_pixels`` would, before the budget
+selection (:func:`entropy_prune.select_patches` and the Qwen adapter's processors).
+
+``True`` (:func:`fit_to_budget`): until the cells the selection must show fit the budget. A page
+of text at a budget of 30% of its cells reads far better shown whole at 0.7x (its blank cells
+predicted away by ``tolerance``) than at full size with most text blocks averaged 2 x 2, or
+uniformly at 0.55x. ``"least_error"`` (:func:`least_error`): to the size, between none and
+that, whose selection keeps the most of the image (least squared luma error); on photographs
+never below uniform down-scaling at equal tokens. See docs/benchmarks.md.
+
+The rules take what differs between callers as a :class:`Shrink`: the core resizes numpy
+images with Pillow's bicubic to multiples of the cell, the adapter resizes tensors with its
+processor's kernel to ``smart_resize``'s sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._resample import bilinear
+from .reconstruct import reconstruct
+
+_STEPS = 4  # proportional steps down at most: two almost always suffice
+_BETWEEN = 5  # least_error: sizes tried between the image's and fit_to_budget's
+_RULES = "True, False or 'least_error'"
+
+
+def check_downscale(downscale: Any) -> bool | str:
+    """``downscale`` as False, True or "least_error"; raises TypeError / ValueError naming the values."""
+    if isinstance(downscale, str):
+        if downscale != "least_error":
+            raise ValueError(f"downscale must be {_RULES}, got {downscale!r}")
+        return downscale
+    if not isinstance(downscale, (bool, np.bool_)):
+        raise TypeError(f"downscale must be {_RULES}, got {downscale!r}")
+    return bool(downscale)
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """What the rules need of one image and its caller.
+
+    Attributes:
+        size: image -> (h, w) in px.
+        resize: (image, h, w) -> the image resized to (h, w).
+        size_under: units -> the (h, w) the caller's size family gives the original image under
+            that many units' pixels.
+        removed: image -> bool (rows, cols), its cells that ``tolerance`` removes, or None.
+        select: (image, alpha, its ``removed`` cells) -> its budget Selection.
+        luma: image -> (h, w) float32 luma in 8-bit levels.
+        unit_px: cell side in px.
+        min_pixels: smallest h * w a smaller size may have.
+    """
+
+    size: Callable[[Any], tuple[int, int]]
+    resize: Callable[[Any, int, int], Any]
+    size_under: Callable[[int], tuple[int, int]]
+    removed: Callable[[Any], np.ndarray | None]
+    select: Callable[[Any, float, np.ndarray | None], Any]
+    luma: Callable[[Any], np.ndarray]
+    unit_px: int
+    min_pixels: int
+
+
+def units(size: tuple[int, int], unit_px: int) -> int:
+    """Cells of a (h, w) image, counting those cut by its edge."""
+    return -(-size[0] // unit_px) * -(-size[1] // unit_px)
+
+
+def alpha_for(budget: int, cells: int, alpha: float) -> float:
+    """The alpha that selects ``budget`` of ``cells`` (``alpha`` itself where the budget is 0)."""
+    return min(budget / cells, 1.0) if budget else alpha
+
+
+def _unremoved(gone: np.ndarray | None, size: tuple[int, int], unit_px: int) -> int:
+    return units(size, unit_px) - (0 if gone is None else int(gone.sum()))
+
+
+def fit_to_budget(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, float, np.ndarray | None]:
+    """Shrink an image until its unremoved cells fit the budget.
+
+    Returns the image to select on (``raw`` itself where its unremoved cells fit), the alpha that
+    gives the same budget on it (budget = floor(alpha * cells + 0.5) cells of ``raw``; ``alpha``
+    itself where that is 0) and its ``removed`` cells. Each step aims at ``cells * budget /
+    unremoved`` cells (``ops.size_under``), resized from ``raw`` each time; it stops at the
+    first size whose unremoved cells fit, after 4 steps, or where the size family goes no
+    smaller or below ``ops.min_pixels`` (then the budget coarsens the rest).
+    """
+    h, w = ops.size(raw)
+    cells = units((h, w), ops.unit_px)
+    budget = math.floor(alpha * cells + 0.5)
+    gone = ops.removed(raw)
+    image, need, size = raw, _unremoved(gone, (h, w), ops.unit_px), (h, w)
+    for _ in range(_STEPS):
+        if need <= budget or budget < 1:
+            break
+        target = min(math.floor(cells * budget / need), cells - 1)
+        new = ops.size_under(max(target, 1))
+        if not ops.min_pixels <= new[0] * new[1] < size[0] * size[1]:  # the family may go below it
+            break
+        size, cells = new, units(new, ops.unit_px)
+        image = ops.resize(raw, *size)
+        gone = ops.removed(image)
+        need = _unremoved(gone, size, ops.unit_px)
+    return image, alpha_for(budget, cells, alpha), gone
+
+
+def least_error(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
+    """The size between the image's and :func:`fit_to_budget`'s whose selection at the budget
+    shows the image with the least error.
+
+    Candidates: ``raw`` itself, ``fit_to_budget``'s image, and up to 5 sizes between them
+    (``ops.size_under`` of cell counts spaced geometrically from one to the other). Each is
+    selected at the same budget (floor(alpha * cells + 0.5) cells of ``raw``), shown by
+    ``reconstruct`` in luma, brought back to (H, W) bilinearly and compared with ``raw``'s luma
+    (summed squared error). Candidates whose selection passes the budget are skipped. Returns
+    the chosen image and its Selection (``fit_to_budget``'s where no candidate fits).
+    """
+    h, w = ops.size(raw)
+    cells = units((h, w), ops.unit_px)
+    budget = math.floor(alpha * cells + 0.5)
+    raw_gone = ops.removed(raw)  # fit_to_budget's first step, and the image's own candidate
+    first = Shrink(**{**vars(ops), "removed": lambda x: raw_gone if x is raw else ops.removed(x)})
+    fit, fit_alpha, fit_gone = fit_to_budget(raw, first, alpha)
+    fit_size = ops.size(fit)
+    fit_cells = units(fit_size, ops.unit_px)
+    sizes = [(h, w)]
+    for i in range(1, _BETWEEN + 1):
+        target = math.floor(cells ** (1 - i / (_BETWEEN + 1)) * fit_cells ** (i / (_BETWEEN + 1)))
+        size = ops.size_under(max(target, 1))
+        if fit_size[0] * fit_size[1] < size[0] * size[1] < h * w and size not in sizes:
+            sizes.append(size)
+    ref = ops.luma(raw)
+    best = None
+    for size in sizes + ([fit_size] if fit_size != (h, w) else []):
+        if size == fit_size:
+            image, a, gone = fit, fit_alpha, fit_gone
+        elif size == (h, w):
+            image, a, gone = raw, alpha_for(budget, cells, alpha), raw_gone
+        else:
+            image = ops.resize(raw, *size)
+            a, gone = alpha_for(budget, units(size, ops.unit_px), alpha), ops.removed(image)
+        sel = ops.select(image, a, gone)
+        if sel.num_tokens > budget:
+            continue
+        shown = ref if image is raw else ops.luma(image)
+        if not (sel.label_map == 1).all():  # something coarse, predicted or dropped
+            shown = reconstruct(shown, sel, ops.unit_px, value_range=(0.0, 255.0))
+        err = float(np.square(bilinear(shown, ref.shape) - ref, dtype=np.float64).sum())
+        if best is None or err < best[0]:
+            best = (err, image, sel)
+    if best is None:
+        return fit, ops.select(fit, fit_alpha, fit_gone)
+    return best[1], best[2]
+
+
+def shrink_and_select(raw: Any, rule: bool | str, ops: Shrink, alpha: float) -> tuple[Any, Any]:
+    """``downscale=rule`` (True or "least_error") on ``raw``: the image to cut the cells from and
+    its Selection."""
+    if rule == "least_error":
+        return least_error(raw, ops, alpha)
+    image, a, gone = fit_to_budget(raw, ops, alpha)
+    return image, ops.select(image, a, gone)
+
+
+def size_under(h: int, w: int, unit_px: int, cells: int) -> tuple[int, int]:
+    """The core's size family: (h, w) scaled to at most ``cells`` cells' pixels, each side a
+    multiple of ``unit_px`` (rounded down, at least one cell), as ``smart_resize`` scales an
+    image down to ``max_pixels``."""
+    beta = math.sqrt(h * w / (cells * unit_px * unit_px))
+    return (max(unit_px, math.floor(h / beta / unit_px) * unit_px),
+            max(unit_px, math.floor(w / beta / unit_px) * unit_px))
