@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 import numpy as np
 from PIL import Image
 
+from ._image import check_image
+from ._resample import resize
 from .scores import SCORES, score_maps
 from .selection import METHODS, MODES, check_settings, default_score, select_patches
 from .visualize import MAX_SIDE, render_selection
@@ -92,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float,
                         help="also remove cells their left / upper neighbours predict within this many 8-bit levels "
                              "per pixel value, in [0, 255] (0: exactly); default: off")
+    parser.add_argument("--downscale", nargs="?", const=True, default=False, choices=["least_error"],
+                        help="budget only: first shrink the image until the cells it must show fit the budget "
+                             "(bare flag; for text), or to the size of least error between none and that "
+                             "('least_error'; for photographs); default: off")
     parser.add_argument("--out", type=Path, default=Path("selection.png"),
                         help="PNG to write: the image with the kept regions outlined, a heatmap of the score and a "
                              f"legend, scaled down to at most {MAX_SIDE} px on its long side (default: selection.png)")
@@ -115,6 +121,8 @@ def _checked_input(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         check_settings(args.method, args.alpha, None, 3, args.mode, args.score, args.tolerance)
     except ValueError as e:
         _fail(parser, "--tolerance", e)
+    if args.downscale and METHODS[args.method] != "budget":
+        _fail(parser, "--downscale", f"needs --method budget (it fits the image to the budget), got {args.method}")
     try:
         _check_out(args.out)
     except ValueError as e:
@@ -151,28 +159,38 @@ def main(argv: list[str] | None = None) -> int:
         return score, cache[score]
 
     def select(name: str, alpha: float):
-        """Selection and score name; from the cached maps unless cells are predicted from pixels."""
+        """Selection, score name and the maps it was made on; from the cached maps unless cells are
+        predicted from pixels or the image is shrunk first."""
         score, maps = maps_for(name)
-        if args.tolerance is None:
+        downscale = args.downscale if name == "budget" else False
+        if args.tolerance is None and not downscale:
             return select_patches(maps, name, alpha, mode=args.mode), score, maps
         sel = select_patches(image, name, alpha, patch_size=args.patch_size, mode=args.mode, score=score,
-                             value_range=value_range, tolerance=args.tolerance)
+                             value_range=value_range, tolerance=args.tolerance, downscale=downscale)
+        if sel.resized is not None:
+            small = resize(image, *sel.resized[1], check_image(image, value_range=value_range)[1])
+            maps = score_maps(small, score, patch_size=args.patch_size, value_range=value_range)
         return sel, score, maps
 
     removes = "" if args.tolerance is None else f", predictable cells removed (tolerance {args.tolerance:g})"
+    shrinks = "" if not args.downscale else f", budget rows downscale={args.downscale!r}"
     print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, "
-          f"mode {args.mode}{removes}")
-    print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}")
+          f"mode {args.mode}{removes}{shrinks}")
+    cells = -(-h // args.patch_size) * -(-w // args.patch_size)
+    print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}"
+          + ("  selected on" if args.downscale else ""))
     for name, alpha in _SWEEP:
         sel, score, _ = select(name, alpha if alpha is not None else 0.3)
         shown = "-" if alpha is None else f"{alpha:g}"
-        kept = sel.num_tokens / sel.num_cells
-        print(f"{name:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {sel.num_cells:>6} {kept:>6.1%}")
+        size = sel.resized[1] if sel.resized else (h, w)
+        print(f"{name:<8} {shown:>6} {score:>8} {sel.num_tokens:>7} {cells:>6} {sel.num_tokens / cells:>6.1%}"
+              + (f"  {size[1]}x{size[0]} px" if args.downscale else ""))
     sel, score, maps = select(method, args.alpha)
     used = _settings_used(method, args, sel) + ("" if args.tolerance is None else f" tolerance={args.tolerance:g}")
-    setting = f"{args.method}{used} score={score}: {sel.num_tokens} of {sel.num_cells} tokens"
+    used += f" downscale={args.downscale!r}" if args.downscale else ""
+    setting = f"{args.method}{used} score={score}: {sel.num_tokens} of {cells} tokens"
     picture = render_selection(image, sel, maps, args.patch_size,
-                               title=f"{setting} ({sel.num_tokens / sel.num_cells:.1%})", value_range=value_range)
+                               title=f"{setting} ({sel.num_tokens / cells:.1%})", value_range=value_range)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(args.out)
     print(f"{setting} -> wrote {args.out}")

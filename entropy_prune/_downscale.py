@@ -27,18 +27,6 @@ from .reconstruct import reconstruct
 
 _STEPS = 4  # proportional steps down at most: two almost always suffice
 _BETWEEN = 5  # least_error: sizes tried between the image's and fit_to_budget's
-_RULES = "True, False or 'least_error'"
-
-
-def check_downscale(downscale: Any) -> bool | str:
-    """``downscale`` as False, True or "least_error"; raises TypeError / ValueError naming the values."""
-    if isinstance(downscale, str):
-        if downscale != "least_error":
-            raise ValueError(f"downscale must be {_RULES}, got {downscale!r}")
-        return downscale
-    if not isinstance(downscale, (bool, np.bool_)):
-        raise TypeError(f"downscale must be {_RULES}, got {downscale!r}")
-    return bool(downscale)
 
 
 @dataclass(frozen=True)
@@ -53,6 +41,8 @@ class Shrink:
         removed: image -> bool (rows, cols), its cells that ``tolerance`` removes, or None.
         select: (image, alpha, its ``removed`` cells) -> its budget Selection.
         luma: image -> (h, w) float32 luma in 8-bit levels.
+        error: ((h, w) luma shown, (H, W) reference luma) -> summed squared error after bringing
+            the shown luma to (H, W) bilinearly.
         unit_px: cell side in px.
         min_pixels: smallest h * w a smaller size may have.
     """
@@ -63,6 +53,7 @@ class Shrink:
     removed: Callable[[Any], np.ndarray | None]
     select: Callable[[Any, float, np.ndarray | None], Any]
     luma: Callable[[Any], np.ndarray]
+    error: Callable[[np.ndarray, np.ndarray], float]
     unit_px: int
     min_pixels: int
 
@@ -75,6 +66,12 @@ def units(size: tuple[int, int], unit_px: int) -> int:
 def alpha_for(budget: int, cells: int, alpha: float) -> float:
     """The alpha that selects ``budget`` of ``cells`` (``alpha`` itself where the budget is 0)."""
     return min(budget / cells, 1.0) if budget else alpha
+
+
+def luma_error(shown: np.ndarray, ref: np.ndarray) -> float:
+    """The core's :attr:`Shrink.error`: (h, w) float32 brought to ``ref``'s (H, W) by
+    :func:`~entropy_prune._resample.bilinear`, summed squared difference in float64."""
+    return float(np.square(bilinear(shown, ref.shape) - ref, dtype=np.float64).sum())
 
 
 def _unremoved(gone: np.ndarray | None, size: tuple[int, int], unit_px: int) -> int:
@@ -151,7 +148,7 @@ def least_error(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
         shown = ref if image is raw else ops.luma(image)
         if not (sel.label_map == 1).all():  # something coarse, predicted or dropped
             shown = reconstruct(shown, sel, ops.unit_px, value_range=(0.0, 255.0))
-        err = float(np.square(bilinear(shown, ref.shape) - ref, dtype=np.float64).sum())
+        err = ops.error(shown, ref)
         if best is None or err < best[0]:
             best = (err, image, sel)
     if best is None:

@@ -30,8 +30,10 @@ def bilinear(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def resize(arr: np.ndarray, h: int, w: int, value_range: tuple[float, float]) -> np.ndarray:
     """(H, W[, C]) checked image -> (h, w[, C]) of its dtype: Pillow's bicubic (antialiased, what
-    Qwen's PIL image processor uses) per channel, 8-bit planes as 8-bit, others in float32;
-    integers rounded, every value clipped to ``value_range``."""
+    Qwen's PIL image processor uses) per channel (8-bit RGB at once), 8-bit planes as 8-bit, others
+    in float32; integers rounded, every value clipped to ``value_range``."""
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3:  # 3x faster than plane by plane
+        return np.array(Image.fromarray(arr, "RGB").resize((w, h), Image.BICUBIC))
     x = arr if arr.ndim == 3 else arr[..., None]
     out = np.empty((h, w, x.shape[2]), arr.dtype)
     for c in range(x.shape[2]):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ._image import cells_to_pixels, check_image, check_int, check_real, is_torch, like_input
+from ._resample import bilinear, resize
 from .selection import Selection, _predict, _tolerance_units, _unit_grid
 
 __all__ = ["reconstruct"]
@@ -74,6 +76,38 @@ def _fill_predicted(out: np.ndarray, predicted: np.ndarray, p: int, tol: float) 
         grid[r, :, c] = _predict(cell, int(r), int(c), tol)
 
 
+def _render(arr: np.ndarray, selection: Selection, p: int, fill: float, rng: tuple[float, float]) -> np.ndarray:
+    """:func:`reconstruct` on a checked channels-last (H, W[, C]) image: (H, W, C) of its dtype."""
+    h, w = arr.shape[:2]
+    if selection.resized is not None:
+        if selection.resized[0] != (h, w):
+            raise ValueError(f"selection was made on a {selection.resized[0][0]}x{selection.resized[0][1]} image "
+                             f"(downscale), got a {h}x{w} image")
+        small = _render(resize(arr, *selection.resized[1], rng), replace(selection, resized=None), p, fill, rng)
+        back = bilinear(small, (h, w))  # as uniform down-scaling is brought back
+        return np.clip(np.rint(back) if np.issubdtype(arr.dtype, np.integer) else back, *rng).astype(arr.dtype)
+    grid = (-(-h // p), -(-w // p))
+    if selection.label_map.shape != grid:
+        raise ValueError(
+            f"selection grid {selection.label_map.shape} does not match a {h}x{w} image with patch_size={p} "
+            f"(expected {grid})"
+        )
+    src = arr.reshape(h, w, -1)
+    out = src.copy(order="C")
+    integer = np.issubdtype(arr.dtype, np.integer)
+    for k, mask in enumerate(selection.masks[1:], 2):
+        _coarse_regions(src, out, mask, p, 1 << (k - 1), integer)
+    fill_value = rng[0] + fill * (rng[1] - rng[0])
+    fill_value = np.rint(fill_value) if integer else fill_value
+    dropped = (selection.label_map == 0) & ~selection.predicted
+    for r in np.flatnonzero(dropped.any(1)):  # one row of cells at a time
+        strip = out[r * p:(r + 1) * p]
+        strip[cells_to_pixels(dropped[r:r + 1], p, strip.shape[:2])] = fill_value
+    if selection.predicted.any():
+        _fill_predicted(out, selection.predicted, p, _tolerance_units(selection.tolerance, rng))
+    return out
+
+
 def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: float = 0.5,
                 channels_first: bool = False, value_range: tuple[float, float] | None = None) -> Any:
     """Render what a selection keeps of an image, at full size.
@@ -86,9 +120,11 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
     image's range (mid-gray by default, the neutral value). Cells removed as predictable
     (``selection.predicted``) are shown as their prediction from what is shown of their
     neighbours, last: with every other cell kept at level 1, each value is within the
-    selection's ``tolerance`` (exact at 0). Integer dtypes are rounded to the
-    nearest integer. Works on chunks of a row of regions: extra memory is the output plus ~10 MB
-    of float64 temporaries whatever the image size.
+    selection's ``tolerance`` (exact at 0). A selection made with ``downscale``
+    (``selection.resized``) is rendered on the image resized as it was selected, then brought
+    back to the image's size bilinearly. Integer dtypes are rounded to the nearest integer.
+    Works on chunks of a row of regions: extra memory is the output plus ~10 MB of float64
+    temporaries whatever the image size.
 
     Args:
         image: (H, W) or (H, W, C) (or (C, H, W) with ``channels_first``), numpy or torch.
@@ -126,26 +162,7 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
     fill = check_real("fill", fill, low=0, high=1)
     if arr.ndim > 3:
         raise ValueError(f"reconstruct takes one image at a time, got shape {arr.shape}")
-    h, w = arr.shape[:2]
-    grid = (-(-h // p), -(-w // p))
-    if selection.label_map.shape != grid:
-        raise ValueError(
-            f"selection grid {selection.label_map.shape} does not match a {h}x{w} image with patch_size={p} "
-            f"(expected {grid})"
-        )
-    src = arr.reshape(h, w, -1)
-    out = src.copy(order="C")
-    integer = np.issubdtype(arr.dtype, np.integer)
-    for k, mask in enumerate(selection.masks[1:], 2):
-        _coarse_regions(src, out, mask, p, 1 << (k - 1), integer)
-    fill_value = lo + fill * (hi - lo)
-    fill_value = np.rint(fill_value) if integer else fill_value
-    dropped = (selection.label_map == 0) & ~selection.predicted
-    for r in np.flatnonzero(dropped.any(1)):  # one row of cells at a time
-        strip = out[r * p:(r + 1) * p]
-        strip[cells_to_pixels(dropped[r:r + 1], p, strip.shape[:2])] = fill_value
-    if selection.predicted.any():
-        _fill_predicted(out, selection.predicted, p, _tolerance_units(selection.tolerance, (lo, hi)))
+    out = _render(arr, selection, p, fill, (lo, hi))
     out = out if arr.ndim == 3 else out[..., 0]
     if channels_first:
         out = np.moveaxis(out, -1, 0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ._image import cells_to_pixels, check_image, check_int, check_real, is_torch, to_numpy
+from ._image import cells_to_pixels, check_image, check_int, check_real, gray, is_torch, to_numpy
 from .scores import SCORES, ScoreMaps, score_maps
 
 __all__ = ["METHODS", "MODES", "Selection", "check_settings", "default_score", "select_patches"]
@@ -51,6 +51,9 @@ class Selection:
         tolerance: the ``tolerance`` setting (8-bit levels), else None.
         predicted: bool (rows, cols): base cells removed as predictable (label 0, no token);
             :func:`reconstruct` shows them as their prediction. All False without ``tolerance``.
+        resized: ((H, W), (h, w)) where ``downscale`` shrank the image (H x W px) to h x w px
+            before cutting it into cells (the grid, num_cells and budget are the smaller
+            image's; the budget is the one asked of H x W, at most its cells), else None.
 
     Example:
         >>> import numpy as np
@@ -70,6 +73,7 @@ class Selection:
     regions: np.ndarray
     tolerance: float | None
     predicted: np.ndarray
+    resized: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def num_cells(self) -> int:
@@ -169,6 +173,18 @@ def _check_tolerance(tolerance: Any) -> float | None:
         return None
     return check_real("tolerance", tolerance, low=0, high=255,
                       meaning="largest error per pixel value of a removed cell, in 8-bit levels; or None")
+
+
+def _check_downscale(downscale: Any) -> bool | str:
+    """``downscale`` as False, True or "least_error"; raises TypeError / ValueError naming the values."""
+    allowed = "True, False or 'least_error'"
+    if isinstance(downscale, str):
+        if downscale != "least_error":
+            raise ValueError(f"downscale must be {allowed}, got {downscale!r}")
+        return downscale
+    if not isinstance(downscale, (bool, np.bool_)):
+        raise TypeError(f"downscale must be {allowed}, got {downscale!r}")
+    return bool(downscale)
 
 
 def _unit_grid(arr: np.ndarray, p: int) -> np.ndarray:
@@ -511,6 +527,7 @@ def select_patches(
     channels_first: bool = False,
     value_range: tuple[float, float] | None = None,
     tolerance: float | None = None,
+    downscale: bool | str = False,
 ) -> Selection:
     """Choose which regions of an image keep full resolution, go coarse, or are dropped.
 
@@ -546,6 +563,16 @@ def select_patches(
     costs 3 minus its wholly predicted children; regions are split by score per token), so
     num_tokens lies in [budget - 2, budget] or is every unpredicted cell where that is fewer.
 
+    Down-scaling (``downscale``, method "budget", images only): the image may first be shrunk
+    (Pillow's bicubic, each side a multiple of ``patch_size``, as Qwen's processor shrinks an
+    image under a smaller ``max_pixels``) and selected there at the same budget (of the given
+    image's cells; ``resized`` records the sizes). ``True``: until the cells that ``tolerance``
+    does not remove fit the budget (for text: shown whole, smaller). ``"least_error"``: of up to 7
+    sizes from none to ``True``'s, the one whose selection, shown by :func:`reconstruct` and
+    brought back bilinearly, has the least squared luma error (for photographs: never below
+    uniform down-scaling at equal tokens). num_tokens is then at most the budget, neither
+    exact nor monotone in alpha.
+
     Args:
         image: an image for :func:`entropy_maps` / :func:`detail_maps` ((H, W) or (H, W, C),
             numpy or torch), or precomputed maps: a :class:`ScoreMaps` or a sequence of 2-D
@@ -562,6 +589,7 @@ def select_patches(
             :func:`entropy_maps`; default [0, dtype max] for integers, [0, 1] for floats.
         tolerance: None (off) or the largest error per pixel value of a removed predictable
             cell, in [0, 255] 8-bit levels (the image's range mapped to [0, 255]); images only.
+        downscale: False (default), True or "least_error"; see above.
 
     Returns:
         Selection: label map, per-level masks, regions and token count (numpy arrays).
@@ -584,12 +612,20 @@ def select_patches(
         >>> select_patches(image, None, tolerance=0).label_map[:2]  # the rest repeat a neighbour
         array([[1, 1, 0, 0],
                [1, 0, 0, 0]], dtype=int8)
+        >>> select_patches(image, "budget", alpha=0.25, downscale=True).resized  # 4 tokens: all of it at half size
+        ((112, 112), (56, 56))
     """
     method, a = _check_method(method, alpha, mode)
     tol = _check_tolerance(tolerance)
+    rule = _check_downscale(downscale)
+    if rule and method != "budget":
+        raise ValueError(f"downscale={downscale!r} needs method 'budget' (it fits the image to the budget), "
+                         f"got {method!r}")
     if isinstance(image, (ScoreMaps, list, tuple)):
         if tol is not None:
             raise ValueError("tolerance needs the image, not precomputed score maps (cells are predicted from pixels)")
+        if rule:
+            raise ValueError("downscale needs the image, not precomputed score maps (it resizes the pixels)")
         return _select_maps(image, method, a, thresholds, mode)
     score = _check_score(method, score)
     check_int("num_scales", num_scales, 1)
@@ -601,7 +637,35 @@ def select_patches(
         arr, rng = check_image(image, channels_first, value_range)
         return _predictable(arr, sm.patch_size, _tolerance_units(tol or 0.0, rng), sm.partial.shape)
 
+    if rule:
+        return _downscaled(*check_image(image, channels_first, value_range), sm, rule, a, mode, tol)
     return _select_maps(sm, method, a, thresholds, mode, tol, predictable)
+
+
+def _downscaled(arr: np.ndarray, rng: tuple[float, float], sm: ScoreMaps, rule: bool | str, alpha: float, mode: str,
+                tol: float | None) -> Selection:
+    """:func:`select_patches` with ``downscale=rule`` on a checked channels-last image and its score maps."""
+    from ._downscale import Shrink, luma_error, shrink_and_select, size_under  # imports reconstruct, which imports this
+    from ._resample import resize
+
+    p, (h, w), num_scales = sm.patch_size, arr.shape[:2], len(sm.levels)
+
+    def removed(x: np.ndarray, tolerance: float | None = tol) -> np.ndarray | None:
+        grid = (-(-x.shape[0] // p), -(-x.shape[1] // p))
+        return None if tolerance is None else _predictable(x, p, _tolerance_units(tolerance, rng), grid)
+
+    def select(x: np.ndarray, a: float, gone: np.ndarray | None) -> Selection:
+        maps = sm if x is arr else score_maps(x, sm.score, patch_size=p, num_scales=num_scales, value_range=rng)
+        return _select_maps(maps, "budget", a, None, mode, tol, lambda: removed(x, 0.0) if gone is None else gone)
+
+    def luma(x: np.ndarray) -> np.ndarray:
+        return (gray(x) - np.float32(rng[0])) * np.float32(255.0 / (rng[1] - rng[0]))
+
+    ops = Shrink(size=lambda x: x.shape[:2], resize=lambda x, hh, ww: resize(x, hh, ww, rng),
+                 size_under=lambda n: size_under(h, w, p, n), removed=removed, select=select, luma=luma,
+                 error=luma_error, unit_px=p, min_pixels=p * p)
+    image, sel = shrink_and_select(arr, rule, ops, alpha)
+    return sel if image is arr else replace(sel, resized=((h, w), image.shape[:2]))
 
 
 def _select_maps(maps: Any, method: str, a: float | None, thresholds: Any, mode: str, tolerance: float | None = None,

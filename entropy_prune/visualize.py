@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from ._image import cells_to_pixels, check_image, check_int, to_numpy
+from ._resample import resize
 from .scores import ScoreMaps
 from .selection import Selection
 
@@ -86,6 +87,17 @@ def _legend_entries(selection: Selection, p: int) -> list[tuple[np.ndarray | Non
     return entries
 
 
+def _selected_rgb(image: Any, selection: Selection, value_range: Any) -> np.ndarray:
+    """uint8 (h, w, 3) of the image as it was selected on (resized where ``selection.resized``)."""
+    rgb = _to_rgb8(image, value_range=value_range)
+    if selection.resized is None:
+        return rgb
+    if rgb.shape[:2] != selection.resized[0]:
+        raise ValueError(f"selection was made on a {selection.resized[0][0]}x{selection.resized[0][1]} image "
+                         f"(downscale), got a {rgb.shape[0]}x{rgb.shape[1]} image")
+    return resize(rgb, *selection.resized[1], (0, 255))
+
+
 def render_selection(
     image: Any,
     selection: Selection,
@@ -105,9 +117,10 @@ def render_selection(
 
     Args:
         image: (H, W[, C]) image that was selected on.
-        selection: its :class:`Selection`.
+        selection: its :class:`Selection`; with ``downscale`` (``selection.resized``) the image
+            is drawn resized as it was selected.
         scores: the :class:`ScoreMaps` it was selected on (level 1 is drawn, its name shown), or
-            a (rows, cols) level-1 score map.
+            a (rows, cols) level-1 score map; with ``downscale``, of the resized image.
         patch_size: base cell side in pixels.
         score_name: name shown on the colour bar; default the ScoreMaps' score, else "score".
         title: first legend line; default method, mode and token count.
@@ -126,7 +139,7 @@ def render_selection(
         score_name = scores.score if score_name is None else score_name
         scores = scores[0]
     level1 = np.asarray(to_numpy(scores), np.float64)
-    rgb = _to_rgb8(image, value_range=value_range)
+    rgb = _selected_rgb(image, selection, value_range)
     h, w = rgb.shape[:2]
     rows, cols = selection.label_map.shape
     if (rows, cols) != (-(-h // p), -(-w // p)):

@@ -40,6 +40,15 @@ def _luma(image: np.ndarray) -> np.ndarray:
     return y if image.dtype == np.uint8 else y * np.float32(255.0)
 
 
+def _error(shown: np.ndarray, ref: np.ndarray) -> float:
+    """Summed squared error of (h, w) luma brought to ``ref``'s (H, W) bilinearly (torch: about 3x
+    faster than the core's numpy at 1 MP)."""
+    up = torch.from_numpy(shown)
+    if tuple(up.shape) != ref.shape:
+        up = F.interpolate(up[None, None], ref.shape, mode="bilinear", align_corners=False)[0, 0]
+    return float(torch.dist(up, torch.from_numpy(ref))) ** 2
+
+
 def shrink_and_select(raw: torch.Tensor, rule: bool | str, removed: Callable[[torch.Tensor], np.ndarray | None],
                       select: Callable, scoring: Callable[[torch.Tensor], np.ndarray], alpha: float, unit_px: int,
                       min_pixels: int) -> tuple[torch.Tensor, object]:
@@ -59,6 +68,6 @@ def shrink_and_select(raw: torch.Tensor, rule: bool | str, removed: Callable[[to
     h, w = raw.shape[-2:]
     ops = Shrink(size=lambda x: tuple(x.shape[-2:]), resize=resize,
                  size_under=lambda n: smart_resize(h, w, unit_px, min_pixels, n * unit_px * unit_px),
-                 removed=removed, select=select, luma=lambda x: _luma(scoring(x)), unit_px=unit_px,
+                 removed=removed, select=select, luma=lambda x: _luma(scoring(x)), error=_error, unit_px=unit_px,
                  min_pixels=min_pixels)
     return _shrink_and_select(raw, rule, ops, alpha)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .._downscale import check_downscale
 from .._image import check_real
+from ..selection import _check_downscale as check_downscale
 from ..selection import check_settings as check_selection
 
 SETTINGS = {
