@@ -1,5 +1,6 @@
 """Time and peak memory of entropy maps (+ budget selection), ours vs two references; the default
-selection (detail score) alone and with ``tolerance=0`` and ``tolerance=4``.
+selection (detail score) alone, with ``tolerance=0`` and ``tolerance=4``, with ``tolerance=0,
+downscale=True`` (documents) and with ``downscale="least_error"`` (photographs).
 
     python -m benchmarks.bench_scores [--repeats 20] [--photos]
 
@@ -123,9 +124,19 @@ def ours_tolerance(img, tolerance=0):
     return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=tolerance)
 
 
+def ours_downscale(img, downscale=True, tolerance=0):
+    """The default selection on the image shrunk first (``downscale``)."""
+    from entropy_prune import select_patches
+
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=tolerance,
+                          downscale=downscale)
+
+
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
            "ours: detail budget": ours_default, "ours: + tolerance 0": ours_tolerance,
            "ours: + tolerance 4": functools.partial(ours_tolerance, tolerance=4),
+           "ours: + tol0 downscale": ours_downscale,
+           "ours: + least_error": functools.partial(ours_downscale, downscale="least_error", tolerance=None),
            "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
 
 
