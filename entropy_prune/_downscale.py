@@ -166,9 +166,9 @@ def shrink_and_select(raw: Any, rule: bool | str, ops: Shrink, alpha: float) -> 
 
 
 def size_under(h: int, w: int, unit_px: int, cells: int) -> tuple[int, int]:
-    """The core's size family: (h, w) scaled to at most ``cells`` cells' pixels, each side a
-    multiple of ``unit_px`` (rounded down, at least one cell), as ``smart_resize`` scales an
-    image down to ``max_pixels``."""
-    beta = math.sqrt(h * w / (cells * unit_px * unit_px))
-    return (max(unit_px, math.floor(h / beta / unit_px) * unit_px),
-            max(unit_px, math.floor(w / beta / unit_px) * unit_px))
+    """The core's size family: (h, w) scaled down to at most ``cells`` cells' pixels, as
+    ``smart_resize`` scales an image down to ``max_pixels``: each side a multiple of ``unit_px``
+    (rounded down, at least one cell) and never longer than the image's; a side shorter than one
+    cell stays as it is."""
+    beta = max(math.sqrt(h * w / (cells * unit_px * unit_px)), 1.0)
+    return tuple(n if n < unit_px else max(unit_px, math.floor(n / beta / unit_px) * unit_px) for n in (h, w))

@@ -564,9 +564,10 @@ def select_patches(
     num_tokens lies in [budget - 2, budget] or is every unpredicted cell where that is fewer.
 
     Down-scaling (``downscale``, method "budget", images only): the image may first be shrunk
-    (Pillow's bicubic, each side a multiple of ``patch_size``, as Qwen's processor shrinks an
-    image under a smaller ``max_pixels``) and selected there at the same budget (of the given
-    image's cells; ``resized`` records the sizes). ``True``: until the cells that ``tolerance``
+    (Pillow's bicubic, each side a multiple of ``patch_size`` no longer than the image's, or the
+    image's own where shorter than one cell, as Qwen's processor shrinks an image under a
+    smaller ``max_pixels``) and selected there at the same budget (of the given image's cells;
+    ``resized`` records the sizes). ``True``: until the cells that ``tolerance``
     does not remove fit the budget (for text: shown whole, smaller). ``"least_error"``: of up to 7
     sizes from none to ``True``'s, the one whose selection, shown by :func:`reconstruct` and
     brought back bilinearly, has the least squared luma error (for photographs: never below

@@ -70,10 +70,10 @@ def size_of(sel, img):
        tolerance=st.sampled_from([None, 0, 3]), mode=st.sampled_from(["multiscale", "drop"]),
        num_scales=st.integers(1, 3))
 def test_downscale_invariants(img, p, alpha, rule, tolerance, mode, num_scales):
-    """The plain selection on a smaller size of the same family (sides multiples of p, area
-    below the image's), within the budget of the image's cells, deterministic, numpy == torch,
-    shown at the image's size; "least_error"'s error no larger than at either end (no
-    down-scaling, ``True``'s size)."""
+    """The plain selection on a smaller size of the same family (each side a multiple of p or the
+    image's own below p, no side longer and the area smaller than the image's), within the budget
+    of the image's cells, deterministic, numpy == torch, shown at the image's size;
+    "least_error"'s error no larger than at either end (no down-scaling, ``True``'s size)."""
     kw = dict(patch_size=p, tolerance=tolerance, mode=mode, num_scales=num_scales)
     sel = select_patches(img, "budget", alpha, downscale=rule, **kw)
     again = select_patches(img, "budget", alpha, downscale=rule, **kw)
@@ -82,8 +82,8 @@ def test_downscale_invariants(img, p, alpha, rule, tolerance, mode, num_scales):
     budget = math.floor(alpha * -(-h // p) * -(-w // p) + 0.5)
     size = size_of(sel, img)
     if sel.resized is not None:
-        assert sel.resized[0] == (h, w) and size[0] % p == 0 and size[1] % p == 0
-        assert p * p <= size[0] * size[1] < h * w and size[0] <= max(h, p) and size[1] <= max(w, p)
+        assert sel.resized[0] == (h, w) and all(n % p == 0 or n == m < p for n, m in zip(size, (h, w), strict=True))
+        assert size[0] * size[1] < h * w and size[0] <= h and size[1] <= w
     event("down-scaled" if sel.resized else "kept its size")
     assert sel.num_tokens <= budget or not sel.budget_met
     err, plain = luma_error(img, size, budget, alpha, p, tolerance=tolerance, mode=mode, num_scales=num_scales)
