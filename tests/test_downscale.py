@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import event, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
@@ -242,6 +242,19 @@ def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tole
     if fitting:
         assert len(sel.regions) <= budget
         assert err <= min(fitting) * (1 + 1e-6) + 1e-6
+
+
+@given(rows=st.integers(1, 60), cols=st.integers(1, 60), frac=st.floats(0.0, 1.0))
+def test_core_sizes_are_smart_resize_on_whole_units(rows, cols, frac):
+    """On an image of whole units (every processor output), the core's size family is
+    smart_resize's under ``max_pixels`` = that many units (one unit as the floor)."""
+    from entropy_prune._downscale import size_under
+
+    cells = rows * cols
+    assume(cells > 1 and max(rows, cols) / min(rows, cols) <= 200)  # smart_resize refuses more
+    n = 1 + int(frac * (cells - 2))  # 1 .. cells - 1: a smaller size
+    h, w = rows * UNIT, cols * UNIT
+    assert size_under(h, w, UNIT, n) == smart_resize(h, w, UNIT, UNIT * UNIT, n * UNIT * UNIT)
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "pil"])

@@ -140,6 +140,23 @@ def test_a_page_is_shown_whole_at_a_smaller_size():
     assert errors[0] <= errors[1]
 
 
+def test_true_without_tolerance_is_uniform_down_scaling():
+    """A photograph without ``tolerance``: ``True`` is the image resized (Pillow's bicubic) to the
+    largest size of the family whose cells fit the budget, every cell kept, brought back
+    bilinearly: uniform down-scaling."""
+    img = np.asarray(Image.fromarray(np.ascontiguousarray(np.random.default_rng(2).integers(
+        0, 256, (64, 48, 3), dtype=np.uint8))).resize((500, 610), Image.BICUBIC))  # 610 x 500: cells cut by the edge
+    sel = select_patches(img, "budget", 0.3, downscale=True)
+    cells = 22 * 18
+    assert sel.resized is not None
+    h, w = sel.resized[1]
+    assert h % 28 == 0 and w % 28 == 0 and (h // 28) * (w // 28) <= math.floor(0.3 * cells + 0.5)
+    assert (sel.label_map == 1).all() and sel.num_tokens == (h // 28) * (w // 28)
+    small = torch.from_numpy(pil_resize(img, h, w).astype(np.float32)).permute(2, 0, 1)[None]
+    back = F.interpolate(small, img.shape[:2], mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    assert np.abs(reconstruct(img, sel).astype(int) - back.round().numpy().astype(int)).max() <= 1
+
+
 def test_rgb_is_resized_as_pillow_resizes_rgb():
     """8-bit RGB is resized in one Pillow call: the same pixels as plane by plane."""
     img = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
