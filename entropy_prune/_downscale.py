@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -122,7 +122,7 @@ def least_error(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
     cells = units((h, w), ops.unit_px)
     budget = math.floor(alpha * cells + 0.5)
     raw_gone = ops.removed(raw)  # fit_to_budget's first step, and the image's own candidate
-    first = Shrink(**{**vars(ops), "removed": lambda x: raw_gone if x is raw else ops.removed(x)})
+    first = replace(ops, removed=lambda x: raw_gone if x is raw else ops.removed(x))
     fit, fit_alpha, fit_gone = fit_to_budget(raw, first, alpha)
     fit_size = ops.size(fit)
     fit_cells = units(fit_size, ops.unit_px)

@@ -1,5 +1,5 @@
-"""Resampling of checked numpy images shared by ``downscale`` and :func:`reconstruct` (a private
-module)."""
+"""Resampling of checked numpy images shared by ``downscale``, :func:`reconstruct` and the pictures
+(a private module)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,14 @@ def resize(arr: np.ndarray, h: int, w: int, value_range: tuple[float, float]) ->
             small = np.rint(small)
         out[..., c] = np.clip(small, *value_range)
     return out if arr.ndim == 3 else out[..., 0]
+
+
+def as_selected(arr: np.ndarray, resized: tuple[tuple[int, int], tuple[int, int]],
+                value_range: tuple[float, float]) -> np.ndarray:
+    """A checked (H, W[, C]) image as a ``downscale`` selection was made on it: :func:`resize` to
+    (h, w) of ``resized`` (``Selection.resized``, ((H, W), (h, w))); raises ValueError for an image
+    of another size."""
+    if arr.shape[:2] != resized[0]:
+        raise ValueError(f"selection was made on a {resized[0][0]}x{resized[0][1]} image (downscale), "
+                         f"got a {arr.shape[0]}x{arr.shape[1]} image")
+    return resize(arr, *resized[1], value_range)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._image import cells_to_pixels, check_image, check_int, check_real, is_torch, like_input
-from ._resample import bilinear, resize
+from ._resample import as_selected, bilinear
 from .selection import Selection, _predict, _tolerance_units, _unit_grid
 
 __all__ = ["reconstruct"]
@@ -80,10 +80,7 @@ def _render(arr: np.ndarray, selection: Selection, p: int, fill: float, rng: tup
     """:func:`reconstruct` on a checked channels-last (H, W[, C]) image: (H, W, C) of its dtype."""
     h, w = arr.shape[:2]
     if selection.resized is not None:
-        if selection.resized[0] != (h, w):
-            raise ValueError(f"selection was made on a {selection.resized[0][0]}x{selection.resized[0][1]} image "
-                             f"(downscale), got a {h}x{w} image")
-        small = _render(resize(arr, *selection.resized[1], rng), replace(selection, resized=None), p, fill, rng)
+        small = _render(as_selected(arr, selection.resized, rng), replace(selection, resized=None), p, fill, rng)
         back = bilinear(small, (h, w))  # as uniform down-scaling is brought back
         return np.clip(np.rint(back) if np.issubdtype(arr.dtype, np.integer) else back, *rng).astype(arr.dtype)
     grid = (-(-h // p), -(-w // p))

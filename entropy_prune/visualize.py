@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from ._image import cells_to_pixels, check_image, check_int, to_numpy
-from ._resample import resize
+from ._resample import as_selected
 from .scores import ScoreMaps
 from .selection import Selection
 
@@ -90,12 +90,7 @@ def _legend_entries(selection: Selection, p: int) -> list[tuple[np.ndarray | Non
 def _selected_rgb(image: Any, selection: Selection, value_range: Any) -> np.ndarray:
     """uint8 (h, w, 3) of the image as it was selected on (resized where ``selection.resized``)."""
     rgb = _to_rgb8(image, value_range=value_range)
-    if selection.resized is None:
-        return rgb
-    if rgb.shape[:2] != selection.resized[0]:
-        raise ValueError(f"selection was made on a {selection.resized[0][0]}x{selection.resized[0][1]} image "
-                         f"(downscale), got a {rgb.shape[0]}x{rgb.shape[1]} image")
-    return resize(rgb, *selection.resized[1], (0, 255))
+    return rgb if selection.resized is None else as_selected(rgb, selection.resized, (0, 255))
 
 
 def render_selection(
