@@ -12,8 +12,6 @@ from typing import Any, NoReturn
 import numpy as np
 from PIL import Image
 
-from ._image import check_image
-from ._resample import resize
 from .scores import SCORES, score_maps
 from .selection import METHODS, MODES, check_settings, default_score, select_patches
 from .visualize import MAX_SIDE, render_selection
@@ -167,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             return select_patches(maps, name, alpha, mode=args.mode), score, maps
         sel = select_patches(image, name, alpha, patch_size=args.patch_size, mode=args.mode, score=score,
                              value_range=value_range, tolerance=args.tolerance, downscale=downscale)
-        if sel.resized is not None:
-            small = resize(image, *sel.resized[1], check_image(image, value_range=value_range)[1])
-            maps = score_maps(small, score, patch_size=args.patch_size, value_range=value_range)
-        return sel, score, maps
+        return sel, score, (score if sel.resized is not None else maps)  # a name: scored as selected
 
     removes = "" if args.tolerance is None else f", predictable cells removed (tolerance {args.tolerance:g})"
     shrinks = "" if not args.downscale else f", budget rows downscale={args.downscale!r}"

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from ._image import cells_to_pixels, check_image, check_int, to_numpy
 from ._resample import as_selected
-from .scores import ScoreMaps
+from .scores import SCORES, ScoreMaps, score_maps
 from .selection import Selection
 
 __all__ = ["MAX_SIDE", "render_selection"]
@@ -93,6 +93,19 @@ def _selected_rgb(image: Any, selection: Selection, value_range: Any) -> np.ndar
     return rgb if selection.resized is None else as_selected(rgb, selection.resized, (0, 255))
 
 
+def _level1(image: Any, selection: Selection, scores: Any, p: int, value_range: Any) -> tuple[np.ndarray, str | None]:
+    """(float64 level-1 map, the score's name or None) of :func:`render_selection`'s ``scores``."""
+    if isinstance(scores, str):
+        if scores not in SCORES:
+            raise ValueError(f"scores must be score maps or one of {SCORES}, got {scores!r}")
+        arr, rng = check_image(image, value_range=value_range)
+        shown = arr if selection.resized is None else as_selected(arr, selection.resized, rng)
+        scores = score_maps(shown, scores, patch_size=p, value_range=rng)
+    if isinstance(scores, ScoreMaps):
+        return np.asarray(to_numpy(scores[0]), np.float64), scores.score
+    return np.asarray(to_numpy(scores), np.float64), None
+
+
 def render_selection(
     image: Any,
     selection: Selection,
@@ -114,8 +127,10 @@ def render_selection(
         image: (H, W[, C]) image that was selected on.
         selection: its :class:`Selection`; with ``downscale`` (``selection.resized``) the image
             is drawn resized as it was selected.
-        scores: the :class:`ScoreMaps` it was selected on (level 1 is drawn, its name shown), or
-            a (rows, cols) level-1 score map; with ``downscale``, of the resized image.
+        scores: the :class:`ScoreMaps` it was selected on (level 1 is drawn, its name shown), a
+            (rows, cols) level-1 score map, or a score's name (``"detail"``, ``"entropy"``) to
+            compute it here; maps given with ``downscale`` must be of the resized image, a name
+            scores the image resized as it was selected.
         patch_size: base cell side in pixels.
         score_name: name shown on the colour bar; default the ScoreMaps' score, else "score".
         title: first legend line; default method, mode and token count.
@@ -130,17 +145,18 @@ def render_selection(
         raise TypeError(f"selection must be a Selection, got {type(selection).__name__}")
     p = check_int("patch_size", patch_size, 1)
     max_side = check_int("max_side", max_side, 256)
-    if isinstance(scores, ScoreMaps):
-        score_name = scores.score if score_name is None else score_name
-        scores = scores[0]
-    level1 = np.asarray(to_numpy(scores), np.float64)
+    level1, named = _level1(image, selection, scores, p, value_range)
+    score_name = named if score_name is None else score_name
     rgb = _selected_rgb(image, selection, value_range)
     h, w = rgb.shape[:2]
     rows, cols = selection.label_map.shape
     if (rows, cols) != (-(-h // p), -(-w // p)):
         raise ValueError(f"selection grid {rows}x{cols} does not match a {h}x{w} image with patch_size={p}")
     if level1.shape != (rows, cols):
-        raise ValueError(f"scores must be the level-1 map, shape {(rows, cols)}, got {level1.shape}")
+        shrunk = "" if selection.resized is None else (
+            f" (the selection was made on the image downscaled to {h}x{w} px; pass the score's name, e.g. "
+            f"'detail', to score it as selected)")
+        raise ValueError(f"scores must be the level-1 map, shape {(rows, cols)}, got {level1.shape}{shrunk}")
 
     font = _font(14)
     line = font.getbbox("Ag")[3] + 6

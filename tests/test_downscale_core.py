@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from strategies import images
 
-from entropy_prune import detail_maps, reconstruct, select_patches
+from entropy_prune import detail_maps, entropy_maps, reconstruct, select_patches
 from entropy_prune.visualize import render_selection
 
 BT601 = np.array([0.299, 0.587, 0.114], np.float32)
@@ -190,6 +190,26 @@ def test_downscale_needs_pixels_and_the_same_image():
         render_selection(img[:, :112], sel, np.zeros(sel.label_map.shape))
     picture = render_selection(img, sel, np.zeros(sel.label_map.shape))
     assert picture.shape[1] >= 2 * sel.resized[1][1]
+
+
+def test_render_selection_scores_a_downscale_selection_by_name():
+    """A score's name draws the level-1 score of the image as it was selected on (resized): the same
+    picture as that image's maps; the original image's maps get a message saying what to pass."""
+    img = np.random.default_rng(2).integers(0, 256, (140, 196, 3), dtype=np.uint8)
+    img[:, 98:] //= 16
+    sel = select_patches(img, "budget", 0.2, downscale=True)
+    (h, w) = sel.resized[1]
+    assert h < 140
+    small = detail_maps(pil_resize(img, h, w))
+    assert np.array_equal(render_selection(img, sel, "detail"), render_selection(img, sel, small))
+    unshrunk = select_patches(img, "budget", 0.2)
+    assert np.array_equal(render_selection(img, unshrunk, "entropy"),
+                          render_selection(img, unshrunk, entropy_maps(img)))
+    shrunk = rf"got \(5, 7\) \(the selection was made on the image downscaled to {h}x{w} px; pass the score's name"
+    with pytest.raises(ValueError, match=shrunk):
+        render_selection(img, sel, detail_maps(img))
+    with pytest.raises(ValueError, match=r"scores must be score maps or one of \('entropy', 'detail'\), got 'detial'"):
+        render_selection(img, sel, "detial")
 
 
 def test_batches_are_refused():
