@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import numpy as np
 from PIL import Image
 
+from ._downscale import units
 from .scores import SCORES, score_maps
 from .selection import METHODS, MODES, check_settings, default_score, select_patches
 from .visualize import MAX_SIDE, render_selection
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     shrinks = "" if not args.downscale else f", budget rows downscale={args.downscale!r}"
     print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, "
           f"mode {args.mode}{removes}{shrinks}")
-    cells = -(-h // args.patch_size) * -(-w // args.patch_size)
+    cells = units((h, w), args.patch_size)
     print(f"{'method':<8} {'alpha':>6} {'score':>8} {'tokens':>7} {'of':>6} {'kept':>6}"
           + ("  selected on" if args.downscale else ""))
     for name, alpha in _SWEEP:
