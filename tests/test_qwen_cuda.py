@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("transformers")
 
 from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, wrap_processor  # noqa: E402
-from entropy_prune.qwen.testing import FAMILIES, make_model, make_processor, textured_image  # noqa: E402
+from entropy_prune.qwen.testing import FAMILIES, beams, make_model, make_processor, textured_image  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -47,7 +47,8 @@ def test_on_cuda(family):
                 out = model(**pruned).logits
             assert out.is_cuda and torch.isfinite(out.float()).all()
             length = pruned["input_ids"].shape[1]
-            assert model.generate(**pruned, max_new_tokens=3, num_beams=2).shape == (2, length + 3)
+            out = beams(model, pruned)  # None where transformers < 5.19 refuses beams (checked inside)
+            assert out is None or out.shape == (2, length + 3)
 
 
 def test_processor_on_cuda():
