@@ -274,6 +274,13 @@ def test_bad_temporal_threshold(family):
 # ---------------------------------------------------------------- a patched model is an ordinary model
 
 
+def compile_noise(model, inputs) -> float:
+    """Largest logit change that ``torch.compile(backend="eager")`` makes on the stock ``model``: 0 where
+    Dynamo keeps every float operation; not always (torch 2.11 with 16 threads, Qwen3.5: 2.4e-7)."""
+    stock = unpatch_model(copy.deepcopy(model))
+    return (logits(torch.compile(stock, backend="eager"), inputs) - logits(stock, inputs)).abs().max().item()
+
+
 def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_path):
     """Copies, pickles (torch.save/load) and compiled copies of a patched model run patched, with
     their own weights; the original unpatches independently of its copy."""
@@ -296,7 +303,10 @@ def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_p
         one = wrap_processor(proc, alpha=0.3)(images=media[0][:1], text=prompts(proc, [[IMAGE, TEXT]]),
                                               return_tensors="pt")
         compiled = torch.compile(copy.deepcopy(model), backend="eager")
-        assert torch.equal(logits(compiled, one), logits(model, one))
+        got, want = logits(compiled, one), logits(model, one)
+        if not torch.equal(got, want):  # then Dynamo changes the stock model's float sums too; not by more
+            stock_one = proc(images=media[0][:1], text=prompts(proc, [[IMAGE, TEXT]]), return_tensors="pt")
+            assert 0 < (got - want).abs().max() <= 4 * compile_noise(model, stock_one)
         unpatch_model(copy_)
         with pytest.raises(ValueError, match="patch_model"):
             logits(copy_, inputs)
