@@ -304,9 +304,9 @@ def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_p
                                               return_tensors="pt")
         compiled = torch.compile(copy.deepcopy(model), backend="eager")
         got, want = logits(compiled, one), logits(model, one)
-        if not torch.equal(got, want):  # then Dynamo changes the stock model's float sums too; not by more
+        if not torch.equal(got, want):  # allowed where Dynamo changes the stock model's float sums too
             stock_one = proc(images=media[0][:1], text=prompts(proc, [[IMAGE, TEXT]]), return_tensors="pt")
-            assert 0 < (got - want).abs().max() <= 4 * compile_noise(model, stock_one)
+            assert (got - want).abs().max() <= 4 * compile_noise(model, stock_one)
         unpatch_model(copy_)
         with pytest.raises(ValueError, match="patch_model"):
             logits(copy_, inputs)
