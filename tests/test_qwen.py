@@ -138,7 +138,12 @@ def test_uint8_resize_is_the_same_on_channels_last_pixels(h, w, new_h, new_w, mo
     tvF = pytest.importorskip("torchvision.transforms.v2.functional")
     hwc = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
     kw = dict(interpolation=getattr(tvF.InterpolationMode, mode), antialias=True)
-    first = tvF.resize(hwc.permute(2, 0, 1).contiguous(), [new_h, new_w], **kw)
+    try:
+        first = tvF.resize(hwc.permute(2, 0, 1).contiguous(), [new_h, new_w], **kw)
+    except NotImplementedError:  # a mode this torchvision lacks for tensors (Lanczos in 0.21)
+        with pytest.raises(NotImplementedError):
+            tvF.resize(hwc.permute(2, 0, 1), [new_h, new_w], **kw)
+        return
     last = tvF.resize(hwc.permute(2, 0, 1), [new_h, new_w], **kw)
     assert torch.equal(first, last)
 

@@ -281,9 +281,9 @@ def compile_noise(model, inputs) -> float:
     return (logits(torch.compile(stock, backend="eager"), inputs) - logits(stock, inputs)).abs().max().item()
 
 
-def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_path):
-    """Copies, pickles (torch.save/load) and compiled copies of a patched model run patched, with
-    their own weights; the original unpatches independently of its copy."""
+def test_patched_model_survives_deepcopy_and_pickle(family, media, tmp_path):
+    """Copies and pickles (torch.save/load) of a patched model run patched, with their own weights;
+    the original unpatches independently of its copy."""
     name, proc, model = family
     inputs = batch(wrap_processor(proc, alpha=0.3), media)
     patch_model(model)
@@ -299,18 +299,37 @@ def test_patched_model_survives_deepcopy_pickle_and_compile(family, media, tmp_p
         loaded = torch.load(tmp_path / "model.pt", weights_only=False)
         assert type(loaded) is type(model) and torch.equal(logits(loaded, inputs), expected)
         assert torch.equal(logits(pickle.loads(pickle.dumps(model)), inputs), expected)
-        # Dynamo tracing costs ~1 s per graph break here: one image keeps the test short
-        one = wrap_processor(proc, alpha=0.3)(images=media[0][:1], text=prompts(proc, [[IMAGE, TEXT]]),
-                                              return_tensors="pt")
-        compiled = torch.compile(copy.deepcopy(model), backend="eager")
-        got, want = logits(compiled, one), logits(model, one)
-        if not torch.equal(got, want):  # allowed where Dynamo changes the stock model's float sums too
-            stock_one = proc(images=media[0][:1], text=prompts(proc, [[IMAGE, TEXT]]), return_tensors="pt")
-            assert (got - want).abs().max() <= 4 * compile_noise(model, stock_one)
         unpatch_model(copy_)
         with pytest.raises(ValueError, match="patch_model"):
             logits(copy_, inputs)
         assert torch.equal(logits(model, inputs), expected)
+    finally:
+        unpatch_model(model)
+
+
+def test_compiled_patched_model_runs_patched(family, media):
+    """A compiled copy (``torch.compile``, eager backend) of a patched model gives its logits: exactly,
+    where Dynamo keeps the stock model's float operations, else within 4x the stock model's own
+    compile difference. Skipped where Dynamo cannot compile the stock model either (torch 2.6 with
+    transformers 5.16.1)."""
+    name, proc, model = family
+    # Dynamo tracing costs ~1 s per graph break here: one image keeps the test short
+    content = dict(images=media[0][:1], text=prompts(proc, [[IMAGE, TEXT]]), return_tensors="pt")
+    one, stock_one = wrap_processor(proc, alpha=0.3)(**content), proc(**content)
+    torch._dynamo.reset()  # no compiled frames or recompile counts left by other tests
+    patch_model(model)
+    try:
+        want = logits(model, one)
+        try:
+            got = logits(torch.compile(copy.deepcopy(model), backend="eager"), one)
+        except Exception:
+            try:
+                compile_noise(model, stock_one)
+            except Exception as stock_error:
+                pytest.skip(f"Dynamo cannot compile the stock model here either: {stock_error!r}"[:300])
+            raise
+        if not torch.equal(got, want):
+            assert (got - want).abs().max() <= 4 * compile_noise(model, stock_one)
     finally:
         unpatch_model(model)
 
