@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _compiled
 from ._image import cells_to_pixels, check_image, check_int, check_real, gray, is_torch, to_numpy
 from .scores import SCORES, ScoreMaps, score_maps
 
@@ -260,7 +261,10 @@ def _predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) ->
     """bool ``shape`` (the base grid): whole cells that their prediction (:func:`_predict`, from
     what is shown of their neighbours) gives within ``tol`` (image units) in every value, in
     raster dependency order; a removed cell is shown as its prediction, so each value's error is
-    at most ``tol``. Cell (0, 0) and cells cut by the image edge are never removed."""
+    at most ``tol``. Cell (0, 0) and cells cut by the image edge are never removed. With
+    ``tol > 0`` the walk runs compiled where numba is installed (:mod:`._compiled`)."""
+    if tol > 0 and (walked := _compiled.predictable(arr, p, tol, shape)) is not None:
+        return walked
     out = np.zeros(shape, dtype=bool)
     grid = _unit_grid(arr, p)
     rows, cols = grid.shape[0], grid.shape[2]

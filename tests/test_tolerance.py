@@ -1,7 +1,11 @@
 """The ``tolerance`` setting: predictable cells removed exactly (0) or within a bound, alone and as
 the first step of a budget, shown by ``reconstruct`` as their prediction."""
 
+import contextlib
+import importlib.util
 import math
+import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -10,8 +14,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import images
 
-from entropy_prune import reconstruct, select_patches
+from entropy_prune import _compiled, reconstruct, select_patches
 from entropy_prune.scores import score_maps
+from entropy_prune.selection import _predictable
+
+# tolerance > 0 walks compiled where numba is installed (the dev extra installs it): both paths are tested
+WALKS = ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba is not installed (the fast extra)"))]
+
+
+@contextlib.contextmanager
+def walk_path(walk):
+    """select_patches' tolerance > 0 walk on the numpy path, or compiled (which must then run)."""
+    if walk == "compiled":
+        assert _compiled._walk() is not None
+        yield
+    else:
+        with mock.patch.object(_compiled, "_walk", lambda: None):
+            yield
 
 
 @st.composite
@@ -85,31 +105,41 @@ def reference_predicted(img: np.ndarray, p: int, tol: float, shown_too: bool = F
     return (out, shown) if shown_too else out
 
 
+@pytest.mark.parametrize("walk", WALKS)
 @given(tiled_images(), st.sampled_from([0, 0.5, 2, 3, 40]))
-def test_removed_cells_match_a_cell_by_cell_reference(case, tol):
+def test_removed_cells_match_a_cell_by_cell_reference(walk, case, tol):
     img, p = case
-    sel = select_patches(img, None, patch_size=p, tolerance=tol)
+    with walk_path(walk):
+        sel = select_patches(img, None, patch_size=p, tolerance=tol)
     assert np.array_equal(sel.predicted, reference_predicted(img, p, tol))
     assert np.array_equal(sel.label_map == 0, sel.predicted)
     assert sel.num_tokens == sel.num_cells - int(sel.predicted.sum()) and sel.tolerance == tol
 
 
-@given(tiled_images(max_cells=12), st.sampled_from([1, 2, 3]), st.sampled_from(["uint8", "uint16", "float32"]))
-def test_removed_cells_match_the_reference_on_larger_grids(case, tol, dtype):
+@pytest.mark.parametrize("walk", WALKS)
+@given(tiled_images(max_cells=12), st.sampled_from([1, 2, 3]),
+       st.sampled_from(["uint8", "uint16", "int16", "float32", "float64"]), st.sampled_from(["rgb", "one", "gray"]))
+def test_removed_cells_match_the_reference_on_larger_grids(walk, case, tol, dtype, channels):
     """Longer chains of cells shown changed (removed within tol of, not equal to, the image), which
-    the raster walk decides again; in each dtype's units (tol 8-bit levels of its range)."""
+    the raster walk decides again; in each dtype's units (tol 8-bit levels of its range [0, top]),
+    with three channels, one, or none (2-D)."""
     img, p = case
-    top = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}[dtype]  # the dtype's range is [0, top]
-    x = (img.astype(np.float64) * (top / 255)).astype(dtype)  # exact for the integers
-    assert np.array_equal(select_patches(x, None, patch_size=p, tolerance=tol).predicted,
-                          reference_predicted(x, p, tol * top / 255.0))  # the library's units, same rounding
+    top = {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0, "float32": 1.0, "float64": 1.0}[dtype]
+    x = (img.astype(np.float64) * (top / 255)).astype(dtype)
+    x = {"rgb": x, "one": x[..., :1], "gray": x[..., 0]}[channels]
+    with walk_path(walk):
+        sel = select_patches(x, None, patch_size=p, tolerance=tol)
+    assert np.array_equal(sel.predicted, reference_predicted(x, p, tol * top / 255.0))  # same units and rounding
 
 
+@pytest.mark.parametrize("walk", WALKS)
 @given(tiled_images(max_cells=12), st.sampled_from([0, 1, 3]))
-def test_reconstruct_shows_what_the_reference_shows(case, tol):
+def test_reconstruct_shows_what_the_reference_shows(walk, case, tol):
     """Removed cells are shown as the reference's predictions, value for value."""
     img, p = case
-    out = reconstruct(img, select_patches(img, None, patch_size=p, tolerance=tol), patch_size=p)
+    with walk_path(walk):
+        sel = select_patches(img, None, patch_size=p, tolerance=tol)
+    out = reconstruct(img, sel, patch_size=p)
     _, shown = reference_predicted(img, p, tol, shown_too=True)
     h, w = shown.shape[:2]
     assert np.array_equal(out[:h, :w], shown.astype(np.uint8))
@@ -233,6 +263,40 @@ def test_a_new_band_is_predicted_by_extending_a_neighbour(transpose, tol):
 def test_bad_tolerance_raises_naming_it_and_its_range(bad):
     with pytest.raises(ValueError, match=r"tolerance must be in \[0, 255\]"):
         select_patches(np.zeros((56, 56), np.uint8), tolerance=bad)
+
+
+@given(images(max_side=40, dtypes=("uint8", "uint16", "float32", "float64")), st.integers(1, 6),
+       st.sampled_from([0.5, 1, 4, 100]))
+def test_compiled_walk_equals_the_numpy_walk(img, p, tol):
+    """On any image (cells cut by the edge included), tol in the image's units."""
+    pytest.importorskip("numba")
+    shape = (-(-img.shape[0] // p), -(-img.shape[1] // p))
+    tol = tol * (1.0 if img.dtype.kind == "f" else np.iinfo(img.dtype).max) / 255.0
+    compiled = _compiled.predictable(img, p, tol, shape)
+    with walk_path("numpy"):
+        assert np.array_equal(compiled, _predictable(img, p, tol, shape))
+
+
+def test_compiled_walk_leaves_other_dtypes_and_no_numba_to_numpy():
+    """None (the numpy path runs) for dtypes numba walks differently from numpy or not at all, and
+    without numba or with one that fails to import (warned); select_patches gives the same cells."""
+    img = np.zeros((56, 84, 3), np.uint8)
+    img[:, 28:56], img[:, 56:] = 3, 6  # (0, 2) is 6 from (0, 1) as shown (0), so kept
+    for dtype in (np.int32, np.uint64, np.float16):
+        assert _compiled.predictable(img.astype(dtype), 28, 4.0, (2, 3)) is None
+        sel = select_patches(img.astype(dtype), None, tolerance=4, value_range=(0, 255))
+        assert sel.predicted.tolist() == [[0, 1, 0], [1, 1, 1]]
+    try:
+        _compiled._walk.cache_clear()
+        with mock.patch.object(importlib.util, "find_spec", lambda name: None):
+            assert _compiled.predictable(img, 28, 4.0, (2, 3)) is None
+        _compiled._walk.cache_clear()
+        loading = "numba is installed but the compiled walk cannot be loaded .* numpy path"
+        with mock.patch.dict(sys.modules, {"entropy_prune._kernel": None}):  # a numba that cannot be imported
+            with pytest.warns(RuntimeWarning, match=loading):
+                assert select_patches(img, None, tolerance=4).predicted.tolist() == [[0, 1, 0], [1, 1, 1]]
+    finally:
+        _compiled._walk.cache_clear()
 
 
 def test_tolerance_type_and_maps():
