@@ -1,6 +1,7 @@
 """Time and peak memory of entropy maps (+ budget selection), ours vs two references; the default
-selection (detail score) alone, with ``tolerance=0`` and ``tolerance=4``, with ``tolerance=0,
-downscale=True`` (documents) and with ``downscale="least_error"`` (photographs).
+selection (detail score) alone, with ``tolerance=0`` and ``tolerance=4`` (compiled where numba is
+installed, and on the numpy path), with ``tolerance=0, downscale=True`` (documents) and with
+``downscale="least_error"`` (photographs).
 
     python -m benchmarks.bench_scores [--repeats 20] [--photos]
 
@@ -13,7 +14,7 @@ All run on one CPU thread on the same real photograph (skimage astronaut, resize
 call: the larger of the resident-memory high-water mark (VmHWM, reset just before the call;
 sees torch allocations) and tracemalloc's peak (exact for numpy allocations).
 
-``--photos`` adds the three default-selection rows on each of ``bench_fidelity``'s 18
+``--photos`` adds the four default-selection rows on each of ``bench_fidelity``'s 18
 photographs, resized (bicubic) to the first size: the median over photographs of each one's
 median time, and the slowest photograph. Removing predictable cells costs more on some content
 than on the astronaut.
@@ -118,10 +119,21 @@ def ours_default(img):
 
 
 def ours_tolerance(img, tolerance=0):
-    """The default selection after removing cells predicted within ``tolerance`` gray levels."""
+    """The default selection after removing cells predicted within ``tolerance`` gray levels (at
+    tolerance > 0 walked compiled where numba is installed)."""
     from entropy_prune import select_patches
 
     return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, tolerance=tolerance)
+
+
+def ours_tolerance_numpy(img, tolerance=4):
+    """:func:`ours_tolerance` on the numpy path, as without numba."""
+    from unittest import mock
+
+    from entropy_prune import _compiled
+
+    with mock.patch.object(_compiled, "_walk", lambda: None):
+        return ours_tolerance(img, tolerance)
 
 
 def ours_downscale(img, downscale=True, tolerance=0):
@@ -135,6 +147,7 @@ def ours_downscale(img, downscale=True, tolerance=0):
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
            "ours: detail budget": ours_default, "ours: + tolerance 0": ours_tolerance,
            "ours: + tolerance 4": functools.partial(ours_tolerance, tolerance=4),
+           "ours: + tol 4, numpy": ours_tolerance_numpy,
            "ours: + tol0 downscale": ours_downscale,
            "ours: + least_error": functools.partial(ours_downscale, downscale="least_error", tolerance=None),
            "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
@@ -176,7 +189,7 @@ def measure(name: str, side: int, repeats: int) -> dict:
     return {"ms": median_ms(fn, img, repeats), "extra_mb": max(extra, 0) / 1024, "image_mb": img.nbytes / 2**20}
 
 
-SELECTIONS = ("ours: detail budget", "ours: + tolerance 0", "ours: + tolerance 4")
+SELECTIONS = ("ours: detail budget", "ours: + tolerance 0", "ours: + tolerance 4", "ours: + tol 4, numpy")
 
 
 def measure_photos(side: int, repeats: int) -> dict:
