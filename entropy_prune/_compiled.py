@@ -1,17 +1,22 @@
-"""Predictable cells with ``tolerance > 0``, walked cell by cell in compiled code (numba, optional).
+"""Two hot loops in compiled code (numba, optional: ``pip install entropy-prune[fast]``). Each gives
+exactly what the numpy code gives; that code runs where numba is missing or fails to load (a
+``RuntimeWarning`` says so) and for inputs these functions do not take (they return None).
 
-With a tolerance a removed cell is shown as its prediction, not as itself, so every later cell is
-decided from what is shown: a raster walk. The numpy path in :mod:`entropy_prune.selection`
-speculates on the whole grid and walks the rest in Python (up to ~25 ms at 1 MP); this walk
-compiles the same rule (``selection._predict``) and takes a few ms. Used when numba is installed
-(``pip install entropy-prune[fast]``) and the image holds 8- or 16-bit integers or floats of 32 or
-64 bits; :func:`predictable` returns None otherwise and the numpy path runs. The first call in a
-process loads (or, the first time, compiles, ~2 s per dtype) the kernel; numba caches it on disk.
+* :func:`gray_sums`: the detail score's exact sums of 8-bit luma, in one pass over the pixels.
+* :func:`predictable`: predictable cells with ``tolerance > 0``. With a tolerance a removed cell
+  is shown as its prediction, not as itself, so every later cell is decided from what is shown:
+  a raster walk. The numpy path in :mod:`entropy_prune.selection` speculates on the whole grid
+  and walks the rest in Python (up to ~30 ms at 1 MP); this walk compiles the same rule
+  (``selection._predict``) and takes a few ms.
+
+The first call in a process imports numba and loads the kernels (~0.5 s); the first ever call
+per dtype and memory layout compiles them (~2 s), and numba caches them on disk.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import warnings
 
@@ -21,25 +26,45 @@ _DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.floa
 
 
 @functools.cache
-def _walk():
-    """The compiled walk, or None without a working numba (imported on first use: ~0.3 s)."""
+def _kernels():
+    """The :mod:`._kernel` module, or None without a working numba (imported on first use)."""
     if importlib.util.find_spec("numba") is None:
         return None
     try:
-        from ._kernel import walk
+        return importlib.import_module("._kernel", __package__)
     except Exception as e:  # e.g. a numba release without support for this numpy, or no writable cache
-        warnings.warn(f"numba is installed but the compiled walk cannot be loaded ({type(e).__name__}: {e}); "
-                      "tolerance > 0 takes the slower numpy path", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"numba is installed but the compiled kernels cannot be loaded ({type(e).__name__}: {e}); "
+                      "the slower numpy code runs instead", RuntimeWarning, stacklevel=2)
         return None
-    return walk
+
+
+def gray_sums(arr: np.ndarray, p: int, rng: tuple[float, float], num_scales: int):
+    """For a checked 8-bit channels-last (H, W[, C]) image (range (0, 255)), float64 (s1, s2,
+    blocks): per p x p cell (edge cells partial) the sum of its 8-bit luma and of its square, and
+    the luma's 2 x 2 px sums over the whole level-2 blocks (None for one scale); exact integers,
+    equal to ``scores._detail_one``'s own. None where this module cannot run it."""
+    kernels = _kernels()
+    if kernels is None or rng != (0.0, 255.0) or not np.issubdtype(arr.dtype, np.integer) or p >= 33025:
+        return None  # (p rows of 255^2 must fit the kernel's int32 column sums)
+    x = arr.astype(np.uint8, copy=False)  # checked to lie in [0, 255]
+    x = x if x.ndim == 3 else x[..., None]
+    h, w, channels = x.shape
+    # 2 x 2 px blocks over the whole level-2 regions
+    blocks = (((h // p) >> 1) * p, ((w // p) >> 1) * p) if num_scales > 1 else (0, 0)
+    planes = np.moveaxis(x, -1, 0)
+    if channels >= 3 and all(plane.flags.c_contiguous for plane in planes[:3]):  # a channels-first image
+        s1, s2, sums = kernels.gray_sums_planar(*planes[:3], p, *blocks)
+    else:
+        s1, s2, sums = kernels.gray_sums(np.ascontiguousarray(x).reshape(h, w * channels), channels, p, *blocks)
+    return s1.astype(np.float64), s2.astype(np.float64), sums.astype(np.float64) if num_scales > 1 else None
 
 
 def predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) -> np.ndarray | None:
     """:func:`entropy_prune.selection._predictable` for ``tol > 0`` (image units) on a channels-last
     (H, W[, C]) image: bool ``shape``, the whole p x p cells removed in raster order; None where
     this module cannot run it (no numba, or another dtype)."""
-    walk = _walk()
-    if walk is None or arr.dtype not in _DTYPES:
+    kernels = _kernels()
+    if kernels is None or arr.dtype not in _DTYPES:
         return None
     x = arr if arr.ndim == 3 else arr[..., None]
     rows, cols, channels = x.shape[0] // p, x.shape[1] // p, x.shape[2]
@@ -47,6 +72,6 @@ def predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) -> 
     if rows and cols:
         shown = np.array(x[: rows * p, : cols * p], order="C").reshape(rows * p, cols * p * channels)  # a copy
         whole = np.zeros((rows, cols), dtype=bool)
-        walk(shown, p, channels, float(tol), whole)
+        kernels.walk(shown, p, channels, float(tol), whole)
         out[:rows, :cols] = whole
     return out

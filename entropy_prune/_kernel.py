@@ -1,10 +1,13 @@
 """numba kernels of :mod:`entropy_prune._compiled` (imported only there, and only with numba).
 
-Images are 2-D (H, W * C) C-contiguous arrays: the p x p cell at pixel row y0 and value column
-x0 spans rows y0 .. y0 + p - 1 and columns x0 .. x0 + q - 1, q = p C. A prediction is a cell's
-values (mode 0), its last pixel column repeated across (1) or its last pixel row repeated down
-(2). Differences are taken in int32 for 8- and 16-bit integers (exact) and in float64 otherwise,
-as the numpy path takes them; images are finite, so ``fastmath`` changes no result.
+:func:`walk` (predictable cells): images are 2-D (H, W * C) C-contiguous arrays; the p x p cell at
+pixel row y0 and value column x0 spans rows y0 .. y0 + p - 1 and columns x0 .. x0 + q - 1,
+q = p C. A prediction is a cell's values (mode 0), its last pixel column repeated across (1) or
+its last pixel row repeated down (2). Differences are taken in int32 for 8- and 16-bit integers
+(exact) and in float64 otherwise, as the numpy path takes them; images are finite, so
+``fastmath`` changes no result.
+
+:func:`gray_sums`, :func:`gray_sums_planar` (the detail score): exact integer sums of 8-bit luma.
 """
 
 import numpy as np
@@ -88,3 +91,85 @@ def walk(shown, p, channels, tol, out):
             if _within(shown, y0, x0, shown, yr, yc, p, q, mode, tol):
                 out[r, c] = True
                 _show(shown, y0, x0, yr, yc, p, q, mode)
+
+
+_R, _G, _B, _HALF = np.int32(4899), np.int32(9617), np.int32(1868), np.int32(8192)  # 14-bit BT.601, 0.5
+
+
+@njit(nogil=True, cache=True)
+def _luma(r, g, b):
+    """8-bit luma of one pixel: BT.601 in 14-bit fixed point, rounded half up (exact, int32)."""
+    return (_R * np.int32(r) + _G * np.int32(g) + _B * np.int32(b) + _HALF) >> 14
+
+
+@njit(nogil=True, cache=True)
+def _sums(h, w, p, block_rows, block_cols):
+    """Zeroed int64 s1, s2 (one per p x p cell, edge cells partial) and 2 x 2 px block sums, and
+    int32 (W,) running column sums of g and g^2 over a row of cells (p * 255^2 < 2^31 for p < 33025)
+    and the last even row's g."""
+    cells = ((h + p - 1) // p, (w + p - 1) // p)
+    return (np.zeros(cells, np.int64), np.zeros(cells, np.int64), np.zeros((block_rows, block_cols), np.int64),
+            np.zeros(w, np.int32), np.zeros(w, np.int32), np.zeros(w, np.int32))
+
+
+@njit(nogil=True, cache=True)
+def _add_row(g, y, h, p, s1, s2, blocks, col1, col2, even):
+    """Add pixel row y's luma g (int32 (W,)) to the column sums (into s1, s2 at a row of cells' last
+    pixel row) and, at odd y, the 2 x 2 px block sums with the even row before it."""
+    w = g.shape[0]
+    for x in range(w):
+        col1[x] += g[x]
+        col2[x] += g[x] * g[x]
+    if y % p == p - 1 or y == h - 1:
+        r = y // p
+        for c in range(s1.shape[1]):
+            a1, a2 = 0, 0
+            for x in range(c * p, min(c * p + p, w)):
+                a1 += col1[x]
+                a2 += col2[x]
+            s1[r, c], s2[r, c] = a1, a2
+        col1[:] = 0
+        col2[:] = 0
+    if y // 2 < blocks.shape[0]:
+        if y % 2 == 0:
+            even[:] = g
+        else:
+            for j in range(blocks.shape[1]):
+                blocks[y // 2, j] = even[2 * j] + even[2 * j + 1] + g[2 * j] + g[2 * j + 1]
+
+
+@njit(nogil=True, cache=True)
+def gray_sums(rows, channels, p, block_rows, block_cols):
+    """Exact sums of the 8-bit luma g of a uint8 image given as C-contiguous (H, W * channels)
+    pixel rows, channels 1 (g is the value), 3 or 4 (RGB(A)): per p x p cell, edge cells partial,
+    the sums of g and of g^2 (int64 (ceil(H/p), ceil(W/p)) each), and int64 (block_rows,
+    block_cols) sums of g over 2 x 2 px blocks from the top left. One pass, a pixel row at a time."""
+    h, w = rows.shape[0], rows.shape[1] // channels
+    s1, s2, blocks, col1, col2, even = _sums(h, w, p, block_rows, block_cols)
+    g = np.empty(w, np.int32)
+    for y in range(h):
+        row = rows[y]
+        if channels == 3:  # literal strides: vectorised
+            for x in range(w):
+                g[x] = _luma(row[3 * x], row[3 * x + 1], row[3 * x + 2])
+        elif channels == 4:
+            for x in range(w):
+                g[x] = _luma(row[4 * x], row[4 * x + 1], row[4 * x + 2])
+        else:
+            for x in range(w):
+                g[x] = row[x]
+        _add_row(g, y, h, p, s1, s2, blocks, col1, col2, even)
+    return s1, s2, blocks
+
+
+@njit(nogil=True, cache=True)
+def gray_sums_planar(red, green, blue, p, block_rows, block_cols):
+    """:func:`gray_sums` of an RGB image given as three C-contiguous (H, W) planes."""
+    h, w = red.shape
+    s1, s2, blocks, col1, col2, even = _sums(h, w, p, block_rows, block_cols)
+    g = np.empty(w, np.int32)
+    for y in range(h):
+        for x in range(w):
+            g[x] = _luma(red[y, x], green[y, x], blue[y, x])
+        _add_row(g, y, h, p, s1, s2, blocks, col1, col2, even)
+    return s1, s2, blocks

@@ -1,17 +1,20 @@
+import importlib.util
 import math
 import multiprocessing
 import os
 import tracemalloc
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 from strategies import images
 
-from entropy_prune import detail_maps, entropy_maps, reconstruct, scores, select_patches
+from entropy_prune import _compiled, detail_maps, entropy_maps, reconstruct, scores, select_patches
 
 BT601 = np.array([0.299, 0.587, 0.114])
 
@@ -117,6 +120,48 @@ def test_detail_row_sums_of_8bit_squares_are_exact(p):
     assert g.dtype == (np.float32 if p <= 258 else np.float64)
     assert np.all(g == 255.0)
     assert np.array_equal(scores._cell_sums(g, p, squared=True), np.full((1, 3), float(p * p * 255**2)))
+
+
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                 reason="numba is not installed (the fast extra)")
+
+
+def numpy_and_compiled_detail(img, **kw):
+    """detail_maps with the compiled luma sums (which must run) and without numba."""
+    assert _compiled._kernels() is not None
+    compiled = detail_maps(img, **kw)
+    with mock.patch.object(_compiled, "_kernels", lambda: None):
+        return detail_maps(img, **kw), compiled
+
+
+@needs_numba
+@given(images(max_side=90, dtypes=("uint8",)), st.integers(1, 9), st.integers(1, 4), st.booleans())
+def test_compiled_luma_sums_give_the_numpy_scores_bit_for_bit(img, p, k, channels_first):
+    """Any size (partial cells, levels too small to exist, odd p), 1 to 4 channels or 2-D, both layouts."""
+    x = np.ascontiguousarray(np.moveaxis(img, -1, 0)) if channels_first and img.ndim == 3 else img
+    kw = dict(patch_size=p, num_scales=k, channels_first=channels_first and img.ndim == 3)
+    for a, b in zip(*numpy_and_compiled_detail(x, **kw), strict=True):
+        assert np.array_equal(a, b)
+
+
+@needs_numba
+@pytest.mark.parametrize("side", [448, 1000])
+def test_compiled_luma_sums_on_photographs_and_8bit_integers(side):
+    """The astronaut (448: 2 x 2 sums that tile every cell, the numpy code's shortcut) in uint8,
+    as int64 with value_range=(0, 255) (8-bit values in a wider dtype) and in a batch; colours
+    whose fixed-point luma is exactly halfway between two levels (rounded up)."""
+    from skimage import data
+
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC))
+    for x, kw in ((img, {}), (img.astype(np.int64), {"value_range": (0, 255)}), (np.stack([img, img[::-1]]), {})):
+        for a, b in zip(*numpy_and_compiled_detail(x, num_scales=3, **kw), strict=True):
+            assert np.array_equal(a, b)
+    halfway = np.array([[0, 56, 102], [0, 116, 65], [0, 176, 28], [1, 57, 103], [1, 117, 66]], np.uint8)
+    colours = np.concatenate([halfway, halfway - np.uint8(1)])  # luma exactly between two levels, and not
+    tiles = colours[np.random.default_rng(side).integers(0, 10, (112, 112))]
+    for a, b in zip(*numpy_and_compiled_detail(tiles, num_scales=2), strict=True):
+        assert np.array_equal(a, b)
+    assert _compiled.gray_sums(img.astype(np.uint16), 28, (0.0, 65535.0), 3) is None  # not 8-bit: numpy
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 3))

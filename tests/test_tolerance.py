@@ -27,10 +27,10 @@ WALKS = ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
 def walk_path(walk):
     """select_patches' tolerance > 0 walk on the numpy path, or compiled (which must then run)."""
     if walk == "compiled":
-        assert _compiled._walk() is not None
+        assert _compiled._kernels() is not None
         yield
     else:
-        with mock.patch.object(_compiled, "_walk", lambda: None):
+        with mock.patch.object(_compiled, "_kernels", lambda: None):
             yield
 
 
@@ -287,16 +287,16 @@ def test_compiled_walk_leaves_other_dtypes_and_no_numba_to_numpy():
         sel = select_patches(img.astype(dtype), None, tolerance=4, value_range=(0, 255))
         assert sel.predicted.tolist() == [[0, 1, 0], [1, 1, 1]]
     try:
-        _compiled._walk.cache_clear()
+        _compiled._kernels.cache_clear()
         with mock.patch.object(importlib.util, "find_spec", lambda name: None):
             assert _compiled.predictable(img, 28, 4.0, (2, 3)) is None
-        _compiled._walk.cache_clear()
-        loading = "numba is installed but the compiled walk cannot be loaded .* numpy path"
+        _compiled._kernels.cache_clear()
+        loading = "numba is installed but the compiled kernels cannot be loaded .* numpy code"
         with mock.patch.dict(sys.modules, {"entropy_prune._kernel": None}):  # a numba that cannot be imported
             with pytest.warns(RuntimeWarning, match=loading):
                 assert select_patches(img, None, tolerance=4).predicted.tolist() == [[0, 1, 0], [1, 1, 1]]
     finally:
-        _compiled._walk.cache_clear()
+        _compiled._kernels.cache_clear()
 
 
 def test_tolerance_type_and_maps():
