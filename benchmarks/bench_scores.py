@@ -132,7 +132,7 @@ def ours_tolerance_numpy(img, tolerance=4):
 
     from entropy_prune import _compiled
 
-    with mock.patch.object(_compiled, "_walk", lambda: None):
+    with mock.patch.object(_compiled, "_kernels", lambda: None):
         return ours_tolerance(img, tolerance)
 
 
