@@ -3,6 +3,7 @@
     python -m benchmarks.bench_processor [--sizes 1 4] [--backends pil torchvision]
                                          [--photo astronaut|page] [--alpha 0.3] [--repeats 30]
                                          [--tolerance T] [--downscale [least_error]] [--fresh-processes N]
+                                         [--without-numba]
 
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
 measurement, stock vs ``wrap_processor(stock, "budget", alpha)`` (default score), for each
@@ -14,7 +15,9 @@ resizing): the cost of pruning alone, without the wrapped processor's faster res
 ``--downscale`` (``downscale=True``; ``--downscale least_error``: ``downscale="least_error"``)
 add those settings to the wrapped processor. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
-after 2 warm-up rounds, all in this process, torch at its default thread count.
+after 2 warm-up rounds, all in this process, torch at its default thread count. Where numba is
+installed the library runs its compiled kernels; ``--without-numba`` turns them off (as installed
+without the ``fast`` extra).
 
 ``--fresh-processes N`` adds a second table: each processor alone in N fresh processes (what a
 data-loader worker sees), median of the per-process medians, and minor page faults per call.
@@ -23,15 +26,18 @@ data-loader worker sees), median of the per-process medians, and minor page faul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import multiprocessing
 import resource
 import statistics
 import time
+from unittest import mock
 
 import torch
 
 from benchmarks import _qwen_setup as setup
+from entropy_prune import _compiled
 from entropy_prune.qwen import wrap_processor
 from entropy_prune.qwen.processing import _PruningImageProcessor
 
@@ -93,9 +99,20 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
     )
 
 
+def numba_off(off: bool):
+    """A context in which the library runs its numpy code even where numba is installed (``off``)."""
+    return mock.patch.object(_compiled, "_kernels", lambda: None) if off else contextlib.nullcontext()
+
+
 def alone(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, kind: str,
-          settings: dict) -> tuple[float, float]:
+          settings: dict, without_numba: bool = False) -> tuple[float, float]:
     """(median ms, median minor page faults) per call of one processor, alone in this process."""
+    with numba_off(without_numba):
+        return _alone(backend, megapixels, photo, alpha, repeats, kind, settings)
+
+
+def _alone(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, kind: str,
+           settings: dict) -> tuple[float, float]:
     stock = setup.make_stock_processor(backend)
     wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha, **settings)
     proc = {"stock": stock, "wrapped": wrapped}[kind] if kind != "prune only" else prune_only(wrapped)
@@ -125,7 +142,7 @@ def fresh_processes(args) -> None:
                 for _ in range(args.fresh_processes):
                     with ctx.Pool(1) as pool:
                         runs.append(pool.apply(alone, (backend, mp, args.photo, args.alpha, args.repeats, kind,
-                                                       settings(args))))
+                                                       settings(args), args.without_numba)))
                 ms = statistics.median(r[0] for r in runs)
                 base = base or ms
                 cells.append(f"{kind} {ms:.1f} [{min(r[0] for r in runs):.1f}-{max(r[0] for r in runs):.1f}] "
@@ -153,18 +170,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="the wrapped processor's downscale=True (fit) or downscale='least_error'")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
                         help="also time each processor alone in this many fresh processes")
+    parser.add_argument("--without-numba", action="store_true",
+                        help="the library's numpy code even where numba is installed")
     args = parser.parse_args(argv)
     if args.alpha > 1:
         parser.error(f"--alpha must be in (0, 1], got {args.alpha}")
+    compiled = "off" if args.without_numba or _compiled._kernels() is None else "on"
     print(f"wrapped (budget alpha={args.alpha}, default score, {settings(args) or 'no other setting'}) vs stock "
-          f"Qwen2VLProcessor; "
-          f"median of {args.repeats} interleaved calls; torch threads {torch.get_num_threads()}")
+          f"Qwen2VLProcessor; median of {args.repeats} interleaved calls; torch threads {torch.get_num_threads()}; "
+          f"numba kernels {compiled}")
     print(f"{'backend':<12} {'MP':>4} {'pixels':>10} {'stock ms':>9} {'wrapped ms':>11} {'ratio':>6} "
           f"{'prune-only ms':>14} {'ratio':>6} {'tokens':>7} {'kept':>6}")
     rows = []
     for backend in args.backends:
         for mp in args.sizes:
-            r = measure(backend, mp, args.photo, args.alpha, args.repeats, settings(args))
+            with numba_off(args.without_numba):
+                r = measure(backend, mp, args.photo, args.alpha, args.repeats, settings(args))
             rows.append(r)
             only = ("-", "-") if r["only_ms"] is None else (f"{r['only_ms']:.1f}", f"{r['only_ratio']:.3f}")
             print(f"{backend:<12} {mp:>4g} {r['px']:>10} {r['stock_ms']:>9.1f} {r['wrapped_ms']:>11.1f} "
