@@ -16,8 +16,9 @@ resizing): the cost of pruning alone, without the wrapped processor's faster res
 add those settings to the wrapped processor. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
 after 2 warm-up rounds, all in this process, torch at its default thread count. Where numba is
-installed the library runs its compiled kernels; ``--without-numba`` turns them off (as installed
-without the ``fast`` extra).
+installed the library runs its compiled kernels, and with torchvision a fourth processor, prune
+only with them off, joins the rotation; ``--without-numba`` turns them off throughout (as
+installed without the ``fast`` extra).
 
 ``--fresh-processes N`` adds a second table: each processor alone in N fresh processes (what a
 data-loader worker sees), median of the per-process medians, and minor page faults per call.
@@ -68,9 +69,11 @@ def load(name: str, megapixels: float):
     return setup.page(megapixels) if name == "page" else setup.photo(name, megapixels)
 
 
-def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, settings: dict) -> dict:
+def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: int, settings: dict,
+            numpy_too: bool = False) -> dict:
     """Interleaved timings (ms) and token counts for one backend and size; ``settings``: the
-    wrapped processor's other selection settings."""
+    wrapped processor's other selection settings; ``numpy_too``: with torchvision, also prune only
+    with the library's numba kernels off."""
     stock = setup.make_stock_processor(backend)
     wrapped = wrap_processor(stock, patch_selection_method="budget", alpha=alpha, **settings)
     image, source = load(photo, megapixels)
@@ -78,10 +81,13 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
     procs = {"stock": stock, "wrapped": wrapped}
     if backend == "torchvision":
         procs["prune only"] = prune_only(wrapped)
+        if numpy_too:
+            procs["prune only, numpy"] = prune_only(wrapped)
     names, times, outputs = list(procs), {name: [] for name in procs}, {}
     for i in range(repeats + 2):
         for name in names[i % len(names):] + names[: i % len(names)]:
-            ms, outputs[name] = timed(lambda name=name: procs[name](images=[image], text=text, return_tensors="pt"))
+            with numba_off(name == "prune only, numpy"):
+                ms, outputs[name] = timed(lambda name=name: procs[name](images=[image], text=text, return_tensors="pt"))
             if i >= 2:
                 times[name].append(ms)
     before, after = setup.image_tokens(outputs["stock"]), setup.image_tokens(outputs["wrapped"])
@@ -91,11 +97,12 @@ def measure(backend: str, megapixels: float, photo: str, alpha: float, repeats: 
     for name in names[2:]:
         assert all(torch.equal(outputs[name][k], outputs["wrapped"][k]) for k in outputs["wrapped"]), name
     ms = {name: statistics.median(t) for name, t in times.items()}
-    only = ms.get("prune only")
+    only, numpy_only = ms.get("prune only"), ms.get("prune only, numpy")
     return dict(
         backend=backend, mp=megapixels, photo=source, px=f"{image.shape[1]}x{image.shape[0]}",
         stock_ms=ms["stock"], wrapped_ms=ms["wrapped"], ratio=ms["wrapped"] / ms["stock"],
         only_ms=only, only_ratio=None if only is None else only / ms["stock"], before=before, after=after,
+        numpy_only_ms=numpy_only, numpy_only_ratio=None if numpy_only is None else numpy_only / ms["stock"],
     )
 
 
@@ -179,17 +186,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"wrapped (budget alpha={args.alpha}, default score, {settings(args) or 'no other setting'}) vs stock "
           f"Qwen2VLProcessor; median of {args.repeats} interleaved calls; torch threads {torch.get_num_threads()}; "
           f"numba kernels {compiled}")
+    numpy_too = compiled == "on"
     print(f"{'backend':<12} {'MP':>4} {'pixels':>10} {'stock ms':>9} {'wrapped ms':>11} {'ratio':>6} "
-          f"{'prune-only ms':>14} {'ratio':>6} {'tokens':>7} {'kept':>6}")
+          f"{'prune-only ms':>14} {'ratio':>6} {'tokens':>7} {'kept':>6}"
+          + (f" {'prune-only, numba off ms':>25} {'ratio':>6}" if numpy_too else ""))
     rows = []
     for backend in args.backends:
         for mp in args.sizes:
             with numba_off(args.without_numba):
-                r = measure(backend, mp, args.photo, args.alpha, args.repeats, settings(args))
+                r = measure(backend, mp, args.photo, args.alpha, args.repeats, settings(args), numpy_too)
             rows.append(r)
             only = ("-", "-") if r["only_ms"] is None else (f"{r['only_ms']:.1f}", f"{r['only_ratio']:.3f}")
+            numpy_only = ("" if r["numpy_only_ms"] is None
+                          else f" {r['numpy_only_ms']:>25.1f} {r['numpy_only_ratio']:>6.3f}")
             print(f"{backend:<12} {mp:>4g} {r['px']:>10} {r['stock_ms']:>9.1f} {r['wrapped_ms']:>11.1f} "
-                  f"{r['ratio']:>6.3f} {only[0]:>14} {only[1]:>6} {r['before']:>7} {r['after']:>6}", flush=True)
+                  f"{r['ratio']:>6.3f} {only[0]:>14} {only[1]:>6} {r['before']:>7} {r['after']:>6}{numpy_only}",
+                  flush=True)
     print(f"image: {rows[0]['photo']}" + ("" if args.photo == "page" else " (skimage.data), resized bicubic"))
     if args.fresh_processes:
         fresh_processes(args)
