@@ -140,6 +140,7 @@ def test_compiled_luma_sums_give_the_numpy_scores_bit_for_bit(img, p, k, channel
     """Any size (partial cells, levels too small to exist, odd p), 1 to 4 channels or 2-D, both layouts."""
     x = np.ascontiguousarray(np.moveaxis(img, -1, 0)) if channels_first and img.ndim == 3 else img
     kw = dict(patch_size=p, num_scales=k, channels_first=channels_first and img.ndim == 3)
+    assert _compiled.gray_sums(img, p, (0.0, 255.0), k) is not None  # every uint8 image takes the compiled path
     for a, b in zip(*numpy_and_compiled_detail(x, **kw), strict=True):
         assert np.array_equal(a, b)
 
@@ -156,6 +157,7 @@ def test_compiled_luma_sums_on_photographs_and_8bit_integers(side):
     for x, kw in ((img, {}), (img.astype(np.int64), {"value_range": (0, 255)}), (np.stack([img, img[::-1]]), {})):
         for a, b in zip(*numpy_and_compiled_detail(x, num_scales=3, **kw), strict=True):
             assert np.array_equal(a, b)
+    assert _compiled.gray_sums(img.astype(np.int64), 28, (0.0, 255.0), 3) is not None  # the compiled path ran
     halfway = np.array([[0, 56, 102], [0, 116, 65], [0, 176, 28], [1, 57, 103], [1, 117, 66]], np.uint8)
     colours = np.concatenate([halfway, halfway - np.uint8(1)])  # luma exactly between two levels, and not
     tiles = colours[np.random.default_rng(side).integers(0, 10, (112, 112))]
