@@ -23,12 +23,21 @@ import warnings
 import numpy as np
 
 _DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32, np.float64)}
+_off = False  # set by turn_off()
+
+
+def turn_off() -> None:
+    """Keep the kernels off in this process from now on (the numpy code runs, with the same results)."""
+    global _off
+    _off = True
+    _kernels.cache_clear()
 
 
 @functools.cache
 def _kernels():
-    """The :mod:`._kernel` module, or None without a working numba (imported on first use)."""
-    if importlib.util.find_spec("numba") is None:
+    """The :mod:`._kernel` module, or None where turned off or without a working numba (imported on
+    first use)."""
+    if _off or importlib.util.find_spec("numba") is None:
         return None
     try:
         return importlib.import_module("._kernel", __package__)

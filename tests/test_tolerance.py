@@ -299,6 +299,19 @@ def test_compiled_walk_leaves_other_dtypes_and_no_numba_to_numpy():
         _compiled._kernels.cache_clear()
 
 
+def test_turned_off_kernels_stay_off():
+    """turn_off (what the vLLM plugin does on CPU) leaves the numpy code to run, with the same cells."""
+    img = np.zeros((56, 84, 3), np.uint8)
+    img[:, 28:56], img[:, 56:] = 3, 6
+    try:
+        _compiled.turn_off()
+        assert _compiled._kernels() is None and _compiled.predictable(img, 28, 4.0, (2, 3)) is None
+        assert select_patches(img, None, tolerance=4).predicted.tolist() == [[0, 1, 0], [1, 1, 1]]
+    finally:
+        _compiled._off = False
+        _compiled._kernels.cache_clear()
+
+
 def test_tolerance_type_and_maps():
     with pytest.raises(TypeError, match="tolerance must be a real number"):
         select_patches(np.zeros((56, 56), np.uint8), tolerance="0")

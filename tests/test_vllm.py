@@ -263,3 +263,11 @@ def test_version_guard():
         warnings.simplefilter("error")
         check_version("0.32.0+cpu")
 
+
+
+def test_compiled_kernels_stay_off_with_vllm_on_cpu():
+    """vLLM 0.32's CPU worker fails to start once numba is loaded (see entropy_prune.vllm), so the
+    plugin keeps the core's kernels off; the engines above, started after processors ran, rely on it."""
+    from entropy_prune import _compiled
+
+    assert _compiled._kernels() is None
