@@ -28,13 +28,13 @@ def _wide_impl(v):
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def _within(x, xr, xc, y, yr, yc, p, q, mode, tol):
-    """The cell of x at (xr, xc) within tol in every value of the mode-``mode`` prediction made from
-    y's cell at (yr, yc); compared a pixel row at a time."""
+def _within(shown, xr, xc, yr, yc, p, q, mode, tol):
+    """The cell of ``shown`` at (xr, xc) within tol in every value of the mode-``mode`` prediction
+    made from its cell at (yr, yc); compared a pixel row at a time."""
     channels = q // p
     for i in range(p):
-        a = x[xr + i, xc:xc + q]
-        b = y[yr + p - 1 if mode == 2 else yr + i, yc:yc + q]
+        a = shown[xr + i, xc:xc + q]
+        b = shown[yr + p - 1 if mode == 2 else yr + i, yc:yc + q]
         m = _wide(a[0]) - _wide(a[0])  # 0 in the wide type
         if mode == 1:
             for j in range(q):
@@ -55,13 +55,13 @@ def _rule(shown, y0, x0, p, q, tol):
     left, up = (y0, x0 - q), (y0 - p, x0)
     if y0 == 0 or x0 == 0:
         return (left if y0 == 0 else up) + (0,)
-    vertical = _within(shown, y0 - p, x0 - q, shown, y0, x0 - q, p, q, 0, tol)  # C ~ A
-    horizontal = _within(shown, y0 - p, x0 - q, shown, y0 - p, x0, p, q, 0, tol)  # C ~ B
+    vertical = _within(shown, y0 - p, x0 - q, y0, x0 - q, p, q, 0, tol)  # C ~ A
+    horizontal = _within(shown, y0 - p, x0 - q, y0 - p, x0, p, q, 0, tol)  # C ~ B
     if vertical or horizontal:
         return (up if vertical and not horizontal else left) + (0,)
-    if _within(shown, y0 - p, x0, shown, y0 - p, x0 - q, p, q, 1, tol):  # B ~ C's last column repeated
+    if _within(shown, y0 - p, x0, y0 - p, x0 - q, p, q, 1, tol):  # B ~ C's last column repeated
         return left + (1,)
-    if _within(shown, y0, x0 - q, shown, y0 - p, x0 - q, p, q, 2, tol):  # A ~ C's last row repeated
+    if _within(shown, y0, x0 - q, y0 - p, x0 - q, p, q, 2, tol):  # A ~ C's last row repeated
         return up + (2,)
     return left + (0,)
 
@@ -88,7 +88,7 @@ def walk(shown, p, channels, tol, out):
         for c in range(1 if r == 0 else 0, cols):
             y0, x0 = r * p, c * q
             yr, yc, mode = _rule(shown, y0, x0, p, q, tol)
-            if _within(shown, y0, x0, shown, yr, yc, p, q, mode, tol):
+            if _within(shown, y0, x0, yr, yc, p, q, mode, tol):
                 out[r, c] = True
                 _show(shown, y0, x0, yr, yc, p, q, mode)
 
