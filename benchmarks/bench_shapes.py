@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.2, 0.3, 0.5])
     parser.add_argument("--quick", action="store_true", help="3 photographs and 2 small images at alpha 0.3 (CI)")
     args = parser.parse_args(argv)
+    if any(not 0 < a <= 1 for a in args.alphas):
+        parser.error(f"--alphas must be in (0, 1], got {args.alphas}")
     alphas = [0.3] if args.quick else args.alphas
     sets = [("photographs", PHOTOS[:3] if args.quick else PHOTOS), ("small images", SMALL[:2] if args.quick else SMALL)]
     rows = []

@@ -175,3 +175,9 @@ def test_quick_run(capsys):
     assert len(rows) == len(bs.FAMILIES) * 2 * 5
     assert all(np.isfinite(r["gain"]) and r["tokens"] <= r["budget"] for r in rows)
     assert "halves4" in capsys.readouterr().out
+
+
+def test_alphas_outside_the_budget_range_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bs.main(["--alphas", "0.3", "1.5"])
+    assert "--alphas must be in (0, 1]" in capsys.readouterr().err
