@@ -306,13 +306,13 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int, rng: tuple[float, floa
     h, w = arr.shape[:2]
     shapes, _ = _grid(h, w, p, num_scales)
     n = np.outer(np.minimum(p, h - np.arange(0, h, p)), np.minimum(p, w - np.arange(0, w, p)))  # pixels per cell
+    # blocks: level 2's 2 x 2 px sums where computed up front (else None)
     if (compiled := _compiled.gray_sums(arr, p, rng, num_scales)) is not None:  # the same sums, one pass
         s1, s2, blocks = compiled
-        g, halves = None, num_scales > 1
+        g = None
     else:
         g = _gray_levels(arr, p, rng)
-        # 2 x 2 px sums, needed by level 2; where they tile every cell, they also give the cell
-        # sums from a quarter of the values
+        # where the 2 x 2 px sums tile every cell, they also give the cell sums from a quarter of the values
         halves = num_scales > 1 and p % 2 == 0 and h % (2 * p) == 0 and w % (2 * p) == 0
         blocks = _pool2(g) if halves else None
         s1 = _cell_sums(blocks, p // 2) if halves else _cell_sums(g, p)
@@ -327,7 +327,7 @@ def _detail_one(arr: np.ndarray, p: int, num_scales: int, rng: tuple[float, floa
         if rk == 0 or ck == 0:
             maps.append(np.zeros((rk, ck)))
             continue
-        sums = blocks if k == 1 and halves else _pool2(sums[: rk * 2 * p, : ck * 2 * p])
+        sums = blocks if k == 1 and blocks is not None else _pool2(sums[: rk * 2 * p, : ck * 2 * p])
         sums = sums.astype(np.float64, copy=False)  # p rows of squared 2 x 2 sums can pass 2^24
         coarse = _cell_sums(sums, p, squared=True) / float(1 << (2 * k))
         fine = _cell_sums(fine[: rk * 2, : ck * 2], 2)
