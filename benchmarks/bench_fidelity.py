@@ -89,6 +89,23 @@ def uniform(img: np.ndarray, tokens: int) -> tuple[np.ndarray, int]:
     return resize(resize(img, sh, sw), h, w, Image.BILINEAR), (sh // UNIT) * (sw // UNIT)
 
 
+def smaller_sizes(h: int, w: int) -> list[tuple[int, int]]:
+    """Every size smart_resize gives (h, w) under max_pixels of 1 .. h w / 28^2 units, no larger than
+    (h, w), smallest first."""
+    cells = units((h, w), UNIT)
+    return sorted(s for s in {smart_resize(h, w, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, cells + 1)}
+                  if s[0] * s[1] <= h * w)
+
+
+def shrunk(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, 3) uint8 resized to (h, w) with the adapter's kernel, as ``downscale`` resizes (the image
+    itself at its own size)."""
+    if img.shape[:2] == (h, w):
+        return img
+    return np.ascontiguousarray(shrink(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), h, w)
+                                .numpy().transpose(1, 2, 0))
+
+
 def best_size(img: np.ndarray, alpha: float) -> tuple[np.ndarray, int]:
     """(shown image, tokens) of the size of highest true RGB PSNR, of every
     size smart_resize gives (H, W) under max_pixels of 1 .. H W / 28^2 units (resized with the
@@ -98,11 +115,9 @@ def best_size(img: np.ndarray, alpha: float) -> tuple[np.ndarray, int]:
     h, w = img.shape[:2]
     cells = units((h, w), UNIT)
     budget = max(int(np.floor(alpha * cells + 0.5)), 1)
-    sizes = {smart_resize(h, w, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, cells + 1)}
-    raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     best = None
-    for sh, sw in sorted(s for s in sizes if s[0] * s[1] <= h * w):
-        small = img if (sh, sw) == (h, w) else np.ascontiguousarray(shrink(raw, sh, sw).numpy().transpose(1, 2, 0))
+    for sh, sw in smaller_sizes(h, w):
+        small = shrunk(img, sh, sw)
         sel = select_patches(small, "budget", alpha_for(budget, units((sh, sw), UNIT), alpha), patch_size=UNIT,
                              tolerance=0)
         if sel.num_tokens > budget:

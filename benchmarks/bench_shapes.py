@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from benchmarks.bench_fidelity import MIN_PIXELS, PHOTOS, SMALL, UNIT, load, load_small, quality, resize, uniform
-from entropy_prune.qwen._downscale import resize as shrink
+from benchmarks import bench_fidelity as fidelity
+from benchmarks.bench_fidelity import PHOTOS, SMALL, UNIT, load, load_small, quality, resize, uniform
+from entropy_prune._downscale import units
 
 Shape = tuple[int, int]
 
@@ -178,33 +178,33 @@ def within(regions: dict, family: Family, budget: int, rows: int, cols: int) -> 
     return found
 
 
-def best_size(img: np.ndarray, alpha: float, family: str, sizes: bool) -> tuple[float, int, int]:
-    """(gain over uniform in dB, tokens, budget) of the family's best tiling at the budget, on the processor's
-    size or (``sizes``) the best of every size smart_resize gives under a smaller max_pixels whose tiling
-    fits the budget."""
+def best_size(img: np.ndarray, alpha: float, family: str) -> tuple[tuple[float, int], tuple[float, int], int]:
+    """((gain over uniform in dB, tokens) of the family's best tiling at the budget on the processor's
+    size, the same at the best of that size and every smaller size smart_resize gives whose tiling
+    fits the budget, budget)."""
     height, width = img.shape[:2]
-    cells = (height // UNIT) * (width // UNIT)
-    budget = max(int(np.floor(alpha * cells + 0.5)), 1)
-    candidates = [(height, width)]
-    if sizes:
-        every = {smart_resize(height, width, UNIT, MIN_PIXELS, n * UNIT * UNIT) for n in range(1, cells + 1)}
-        every = sorted(s for s in every if s[0] * s[1] <= height * width)
-        below = [s for s in every if (s[0] // UNIT) * (s[1] // UNIT) <= budget]
-        candidates = [s for s in every if (s[0] // UNIT) * (s[1] // UNIT) > budget] + below[-1:]
-    raw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    top = None
-    for h, w in candidates:
-        small = img if (h, w) == (height, width) else np.ascontiguousarray(shrink(raw, h, w).numpy().transpose(1, 2, 0))
+    budget = max(int(np.floor(alpha * units((height, width), UNIT) + 0.5)), 1)
+    sizes = fidelity.smaller_sizes(height, width)
+    below = [s for s in sizes if units(s, UNIT) <= budget]
+    found = {}  # (height, width) or "best" -> (PSNR, tokens)
+    for h, w in [s for s in sizes if units(s, UNIT) > budget] + below[-1:]:
+        small = fidelity.shrunk(img, h, w)
         regions = views(small, FAMILIES[family])
         tiles = within(regions, FAMILIES[family], budget, h // UNIT, w // UNIT)
         if tokens(tiles) > budget and (h, w) != (height, width):  # only the processor's size may keep more
             continue
         shown = paint(regions, tiles, h, w)
         shown = shown if (h, w) == (height, width) else resize(shown, height, width, Image.BILINEAR)
-        psnr = quality(img, shown)[0]
-        if top is None or psnr > top[0]:
-            top = (psnr, tokens(tiles))
-    return top[0] - quality(img, uniform(img, top[1])[0])[0], top[1], budget
+        result = (quality(img, shown)[0], tokens(tiles))
+        if (h, w) == (height, width):
+            found[(h, w)] = result
+        if "best" not in found or result[0] > found["best"][0]:
+            found["best"] = result
+
+    def gain(psnr: float, count: int) -> tuple[float, int]:
+        return psnr - quality(img, uniform(img, count)[0])[0], count
+
+    return gain(*found[(height, width)]), gain(*found["best"]), budget
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -223,14 +223,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         images = {name: load_small(name) if "@" in name else load(name) for name in names}
         for alpha in alphas:
             for family in FAMILIES:
+                found = {n: best_size(img, alpha, family) for n, img in images.items()}
                 cells = []
                 for sizes in (False, True):
-                    found = {n: best_size(img, alpha, family, sizes) for n, img in images.items()}
-                    gains = {n: f[0] for n, f in found.items()}
+                    gains = {n: f[sizes][0] for n, f in found.items()}
                     worst = min(gains, key=gains.get)
                     cells.append(f"{statistics.fmean(gains.values()):+6.2f} / {gains[worst]:+6.2f} {worst[:12]:<12}")
-                    rows += [dict(set=label, alpha=alpha, family=family, sizes=sizes, image=n, gain=g, tokens=t,
-                                  budget=b) for n, (g, t, b) in found.items()]
+                    rows += [dict(set=label, alpha=alpha, family=family, sizes=sizes, image=n, gain=f[sizes][0],
+                                  tokens=f[sizes][1], budget=f[2]) for n, f in found.items()]
                 print(f"{label:<13} {alpha:>5.2f}  {family:<9} " + "  ".join(cells), flush=True)
     return rows
 

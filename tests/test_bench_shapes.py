@@ -163,10 +163,11 @@ def test_within_keeps_at_most_the_budget():
 def test_best_size_keeps_the_budget_where_it_can():
     """A smaller size is only taken when its tiling fits the budget; the processor's size keeps its coarsest."""
     img = resize(data.astronaut(), 4 * UNIT, 4 * UNIT)
-    assert bs.best_size(img, 0.2, "quadtree", False)[1:] == (1, 3)  # one 4 x 4 block
+    processor, _, budget = bs.best_size(img, 0.2, "quadtree")
+    assert (processor[1], budget) == (1, 3)  # one 4 x 4 block
     for family in bs.FAMILIES:
         for alpha in (0.2, 0.3, 0.5):
-            gain, tokens, budget = bs.best_size(img, alpha, family, True)
+            _, (gain, tokens), budget = bs.best_size(img, alpha, family)
             assert tokens <= budget and np.isfinite(gain)
 
 

@@ -264,7 +264,6 @@ def test_version_guard():
         check_version("0.32.0+cpu")
 
 
-
 def test_compiled_kernels_stay_off_with_vllm_on_cpu():
     """vLLM 0.32's CPU worker fails to start once numba is loaded (see entropy_prune.vllm), so the
     plugin keeps the core's kernels off; the engines above, started after processors ran, rely on it."""
