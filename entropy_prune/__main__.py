@@ -14,7 +14,7 @@ from PIL import Image
 
 from ._downscale import units
 from .scores import SCORES, score_maps
-from .selection import METHODS, MODES, check_settings, default_score, select_patches
+from .selection import METHODS, MODES, SHAPES, check_settings, default_score, select_patches
 from .visualize import MAX_SIDE, render_selection
 
 __all__ = ["main"]
@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="budget only: first shrink the image until the cells it must show fit the budget "
                              "(bare flag; for text), or to the size of least error between none and that "
                              "('least_error'; for photographs); default: off")
+    parser.add_argument("--shapes", default="squares", choices=SHAPES,
+                        help="budget, multiscale: 'halves' lets a region also split in two across either side "
+                             "(1x2, 2x1, 2x4, 4x2 cells as one token; keeps more per token on photographs); "
+                             "default: squares")
     parser.add_argument("--out", type=Path, default=Path("selection.png"),
                         help="PNG to write: the image with the kept regions outlined, a heatmap of the score and a "
                              f"legend, scaled down to at most {MAX_SIDE} px on its long side (default: selection.png)")
@@ -122,6 +126,10 @@ def _checked_input(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         _fail(parser, "--tolerance", e)
     if args.downscale and METHODS[args.method] != "budget":
         _fail(parser, "--downscale", f"needs --method budget (it fits the image to the budget), got {args.method}")
+    try:
+        check_settings(args.method, args.alpha, None, 3, args.mode, args.score, args.tolerance, args.shapes)
+    except ValueError as e:
+        _fail(parser, "--shapes", e)
     try:
         _check_out(args.out)
     except ValueError as e:
@@ -162,14 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         predicted from pixels or the image is shrunk first."""
         score, maps = maps_for(name)
         downscale = args.downscale if name == "budget" else False
-        if args.tolerance is None and not downscale:
+        shapes = args.shapes if name == "budget" else "squares"
+        if args.tolerance is None and not downscale and shapes == "squares":
             return select_patches(maps, name, alpha, mode=args.mode), score, maps
         sel = select_patches(image, name, alpha, patch_size=args.patch_size, mode=args.mode, score=score,
-                             value_range=value_range, tolerance=args.tolerance, downscale=downscale)
+                             value_range=value_range, tolerance=args.tolerance, downscale=downscale, shapes=shapes)
         return sel, score, (score if sel.resized is not None else maps)  # a name: scored as selected
 
     removes = "" if args.tolerance is None else f", predictable cells removed (tolerance {args.tolerance:g})"
     shrinks = "" if not args.downscale else f", budget rows downscale={args.downscale!r}"
+    shrinks += "" if args.shapes == "squares" else f", budget rows shapes={args.shapes!r}"
     print(f"image {w}x{h} px{f' ({described})' if described else ''}, base cell {args.patch_size} px, "
           f"mode {args.mode}{removes}{shrinks}")
     cells = units((h, w), args.patch_size)
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     sel, score, maps = select(method, args.alpha)
     used = _settings_used(method, args, sel) + ("" if args.tolerance is None else f" tolerance={args.tolerance:g}")
     used += f" downscale={args.downscale!r}" if args.downscale else ""
+    used += f" shapes={args.shapes!r}" if args.shapes != "squares" else ""
     setting = f"{args.method}{used} score={score}: {sel.num_tokens} of {cells} tokens"
     picture = render_selection(image, sel, maps, args.patch_size,
                                title=f"{setting} ({sel.num_tokens / cells:.1%})", value_range=value_range)

@@ -25,43 +25,55 @@ def _bilinear_taps(p: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _CHUNK = 1 << 18  # values per chunk of coarse regions: float64 temporaries of ~2 MB each
 
 
-def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, f: int, integer: bool) -> None:
-    """Write the level-k regions kept in ``mask`` (bool (rk, ck), f = 2^(k-1)) of ``src`` into
-    ``out`` (both (H, W, C)), a chunk of one row of regions at a time, so the float64
-    temporaries stay O(_CHUNK) whatever the image size."""
-    s, c = p * f, src.shape[-1]
+def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, fh: int, fw: int,
+                    integer: bool) -> None:
+    """Write the regions of fh x fw cells kept in ``mask`` (bool (rows // fh, cols // fw), on the grid
+    of such blocks) of ``src`` into ``out`` (both (H, W, C)), a chunk of one row of regions at a
+    time, so the float64 temporaries stay O(_CHUNK) whatever the image size."""
+    sh, sw, c = p * fh, p * fw, src.shape[-1]
     rk, ck = mask.shape
-    per_chunk = max(1, _CHUNK // (s * s * c))
-    lo, hi, t = _bilinear_taps(p, f)
+    per_chunk = max(1, _CHUNK // (sh * sw * c))
+    lo, hi, t = _bilinear_taps(p, fh)
     row_t = t[:, None]
     # columns: gather (pixel, channel) pairs of the flattened last two axes
-    col_lo, col_hi = ((i[:, None] * c + np.arange(c)).ravel() for i in (lo, hi))
+    col_lo, col_hi, t = _bilinear_taps(p, fw)
+    col_lo, col_hi = ((i[:, None] * c + np.arange(c)).ravel() for i in (col_lo, col_hi))
     col_w0, col_w1 = np.repeat(1 - t, c), np.repeat(t, c)
     for i in range(rk):
-        band = src[i * s:(i + 1) * s, : ck * s].reshape(s, ck, s, c)
-        dest = out[i * s:(i + 1) * s, : ck * s].reshape(s, ck, s, c)
+        band = src[i * sh:(i + 1) * sh, : ck * sw].reshape(sh, ck, sw, c)
+        dest = out[i * sh:(i + 1) * sh, : ck * sw].reshape(sh, ck, sw, c)
         kept = np.flatnonzero(mask[i])
         for j in range(0, kept.size, per_chunk):
             cols = kept[j:j + per_chunk]
             n = cols.size
-            x = band[:, cols].astype(np.float64).reshape(p, f, n * p, f, c)
-            pixel_rows = x[:, 0].copy()  # (p, n p, f, c): sums over the f rows of each block
-            for a in range(1, f):
+            x = band[:, cols].astype(np.float64).reshape(p, fh, n * p, fw, c)
+            pixel_rows = x[:, 0].copy()  # (p, n p, fw, c): sums over the fh rows of each block
+            for a in range(1, fh):
                 pixel_rows += x[:, a]
-            tokens = pixel_rows[:, :, 0].copy()  # (p, n p, c): means of f x f blocks
-            for b in range(1, f):
+            tokens = pixel_rows[:, :, 0].copy()  # (p, n p, c): means of fh x fw blocks
+            for b in range(1, fw):
                 tokens += pixel_rows[:, :, b]
             tokens = tokens.reshape(p, -1)
-            tokens /= f * f
-            rows = (tokens[lo] * (1 - row_t) + tokens[hi] * row_t).reshape(s * n, p * c)
-            blurred = np.take(rows, col_lo, axis=1)  # (s n, s c)
+            tokens /= fh * fw
+            rows = (tokens[lo] * (1 - row_t) + tokens[hi] * row_t).reshape(sh * n, p * c)
+            blurred = np.take(rows, col_lo, axis=1)  # (sh n, sw c)
             blurred *= col_w0
             upper = np.take(rows, col_hi, axis=1)
             upper *= col_w1
             blurred += upper
             if integer:
                 np.rint(blurred, out=blurred)
-            dest[:, cols] = blurred.reshape(s, n, s, c)
+            dest[:, cols] = blurred.reshape(sh, n, sw, c)
+
+
+def _oblong_masks(selection: Selection) -> dict[tuple[int, int], np.ndarray]:
+    """(h, w) -> bool (rows // h, cols // w): where a kept region of h x w cells, h != w, is that block."""
+    rows, cols = selection.label_map.shape
+    out = {}
+    for (h, w), r, c in zip(selection.sizes.tolist(), *selection.regions[:, 1:].T.tolist(), strict=True):
+        if h != w:
+            out.setdefault((h, w), np.zeros((rows // h, cols // w), dtype=bool))[r // h, c // w] = True
+    return out
 
 
 def _fill_predicted(out: np.ndarray, predicted: np.ndarray, p: int, tol: float) -> None:
@@ -93,7 +105,9 @@ def _render(arr: np.ndarray, selection: Selection, p: int, fill: float, rng: tup
     out = src.copy(order="C")
     integer = np.issubdtype(arr.dtype, np.integer)
     for k, mask in enumerate(selection.masks[1:], 2):
-        _coarse_regions(src, out, mask, p, 1 << (k - 1), integer)
+        _coarse_regions(src, out, mask, p, 1 << (k - 1), 1 << (k - 1), integer)
+    for (fh, fw), mask in _oblong_masks(selection).items():
+        _coarse_regions(src, out, mask, p, fh, fw, integer)
     fill_value = rng[0] + fill * (rng[1] - rng[0])
     fill_value = np.rint(fill_value) if integer else fill_value
     dropped = (selection.label_map == 0) & ~selection.predicted
@@ -109,8 +123,9 @@ def reconstruct(image: Any, selection: Selection, patch_size: int = 28, fill: fl
                 channels_first: bool = False, value_range: tuple[float, float] | None = None) -> Any:
     """Render what a selection keeps of an image, at full size.
 
-    Level-1 cells are unchanged. A level-k region (side 2^(k-1) p px) is one token of p x p
-    px: its pixels area-averaged over f x f blocks, f = 2^(k-1) (what the encoder is given).
+    Level-1 cells are unchanged. A region of h x w cells (``selection.sizes``; a level-k
+    square: h = w = 2^(k-1)) is one token of p x p px: its pixels area-averaged over h x w
+    blocks (what the encoder is given).
     That p x p token image is brought back to the region's size by bilinear interpolation
     inside the region (pixel centres aligned, edges clamped to the region, so no region borrows
     from its neighbours). Dropped cells are filled with lo + ``fill`` x (hi - lo) of the

@@ -9,17 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from . import _compiled
+from . import _compiled, _halves
 from ._image import cells_to_pixels, check_image, check_int, check_real, gray, is_torch, to_numpy
-from .scores import SCORES, ScoreMaps, score_maps
+from .scores import SCORES, ScoreMaps, _gray_levels, score_maps
 
-__all__ = ["METHODS", "MODES", "Selection", "check_settings", "default_score", "select_patches"]
+__all__ = ["METHODS", "MODES", "SHAPES", "Selection", "check_settings", "default_score", "select_patches"]
 
 METHODS = {
     None: "none", "none": "none", "v1": "v1", "threshold": "v1", "v2": "v2", "adaptive": "v2", "budget": "budget"
 }
 """Method names and aliases accepted by :func:`select_patches` -> canonical name."""
 MODES = ("multiscale", "drop")
+SHAPES = ("squares", "halves")
+"""Region shapes :func:`select_patches` may use (``shapes``)."""
 _VALID_METHODS = sorted(k for k in METHODS if k)
 _DEFAULT_THRESHOLDS = (3.0, 2.0)
 
@@ -35,7 +37,9 @@ class Selection:
     """Which regions of one image are kept, and at which scale.
 
     Level 1 is the base cell; a level-k region covers a 2^(k-1) x 2^(k-1) block of base cells
-    aligned to its size and costs one token. Arrays are read-only.
+    aligned to its size and costs one token. With ``shapes="halves"`` a region may also be
+    h x w cells with one side twice the other (``sizes``), aligned to its size; its level is
+    that of its longer side. Arrays are read-only.
 
     Attributes:
         method, mode: the canonical method ("none", "v1", "v2", "budget") and mode.
@@ -46,9 +50,11 @@ class Selection:
         threshold: the score threshold(s) applied (v1: per coarse level; v2: one), else None.
         label_map: int8 (rows, cols) over base cells: level of the covering region, 0 = dropped.
         masks: masks[k-1] is bool (rows_k, cols_k) on the level-k block grid: True where a kept
-            region of level k is that block.
+            square region of level k is that block.
         regions: int64 (num_tokens, 3): (level, row, col) of each region's top-left base cell,
             in raster order of (row, col).
+        sizes: int64 (num_tokens, 2): (h, w) of each region in base cells, in the order of
+            ``regions`` ((b, b), b = 2^(level-1), unless ``shapes="halves"``).
         tolerance: the ``tolerance`` setting (8-bit levels), else None.
         predicted: bool (rows, cols): base cells removed as predictable (label 0, no token);
             :func:`reconstruct` shows them as their prediction. All False without ``tolerance``.
@@ -72,6 +78,7 @@ class Selection:
     label_map: np.ndarray
     masks: tuple[np.ndarray, ...]
     regions: np.ndarray
+    sizes: np.ndarray
     tolerance: float | None
     predicted: np.ndarray
     resized: tuple[tuple[int, int], tuple[int, int]] | None = None
@@ -186,6 +193,23 @@ def _check_downscale(downscale: Any) -> bool | str:
     if not isinstance(downscale, (bool, np.bool_)):
         raise TypeError(f"downscale must be {allowed}, got {downscale!r}")
     return bool(downscale)
+
+
+def _check_shapes(shapes: Any, method: str, mode: str, score: Any) -> bool:
+    """True for ``shapes="halves"``, False for "squares"; raises for other values and for settings
+    halves do not combine with."""
+    if not isinstance(shapes, str):
+        raise TypeError(f"shapes must be one of {SHAPES}, got {shapes!r}")
+    if shapes not in SHAPES:
+        raise ValueError(f"shapes must be one of {SHAPES}, got {shapes!r}")
+    if shapes == "squares":
+        return False
+    if method != "budget" or mode != "multiscale":
+        raise ValueError(f"shapes='halves' needs method 'budget' and mode 'multiscale' (it splits regions by "
+                         f"error per token), got method {method!r}, mode {mode!r}")
+    if score not in (None, "detail"):
+        raise ValueError(f"shapes='halves' splits by the 'detail' score's error, got score={score!r}")
+    return True
 
 
 def _unit_grid(arr: np.ndarray, p: int) -> np.ndarray:
@@ -477,11 +501,59 @@ def _selection_from_labels(label: np.ndarray, shapes: list[tuple[int, int]], pre
         regions.append(np.stack([np.full(r.size, k), r * b, c * b], 1))
     regions = np.concatenate(regions).astype(np.int64)
     regions = regions[np.lexsort((regions[:, 2], regions[:, 1]))]
+    sides = np.left_shift(1, regions[:, 0] - 1)
+    return _frozen(label, masks, regions, np.stack([sides, sides], 1), predicted, **fields)
+
+
+def _frozen(label: np.ndarray, masks: list[np.ndarray], regions: np.ndarray, sizes: np.ndarray, predicted: np.ndarray,
+            **fields: Any) -> Selection:
+    """The Selection of these arrays, made read-only (``predicted`` kept only where the label is 0)."""
     predicted = predicted & (label == 0)
-    for a in [label, regions, predicted, *masks]:
+    for a in [label, regions, sizes, predicted, *masks]:
         a.setflags(write=False)
-    return Selection(num_tokens=len(regions), label_map=label, masks=tuple(masks), regions=regions,
+    return Selection(num_tokens=len(regions), label_map=label, masks=tuple(masks), regions=regions, sizes=sizes,
                      predicted=predicted, **fields)
+
+
+def _halves_selection(arr: np.ndarray, rng: tuple[float, float], p: int, num_scales: int, a: float,
+                      tolerance: float | None, predictable: Callable[[], np.ndarray]) -> Selection:
+    """:func:`select_patches` with ``shapes="halves"`` (method "budget", multiscale) on a checked
+    channels-last image: the coarsest tiling, then splits in two by :func:`._halves.split_order`
+    on the detail score's gray levels."""
+    h, w = arr.shape[:2]
+    rows, cols, whole = -(-h // p), -(-w // p), (h // p, w // p)
+    shapes = [(rows, cols)] + [(whole[0] >> k, whole[1] >> k) for k in range(1, num_scales)]
+    removed = predictable() if tolerance is not None else np.zeros((rows, cols), dtype=bool)
+    budget = math.floor(a * rows * cols + 0.5)
+    label = _coarsest_tiling([np.empty(s) for s in shapes])
+    start = []
+    for k, (rk, ck) in enumerate(shapes, 1):
+        b = 1 << (k - 1)
+        r, c = np.nonzero(label[::b, ::b][:rk, :ck] == k)
+        start += [(int(i) * b, int(j) * b, (b, b)) for i, j in zip(r, c, strict=True)]
+    g = _gray_levels(arr, p, rng)  # float32 only for 8-bit luma, which is integer
+    errors = _halves.region_errors(g, p, num_scales, exact=g.dtype == np.float32)
+    tokens = None
+    if tolerance is not None:
+        shown = ~removed[: whole[0], : whole[1]]
+        tokens = {s: shown[: e.shape[0] * s[0], : e.shape[1] * s[1]].reshape(e.shape[0], s[0], e.shape[1], s[1])
+                  .any((1, 3)) for s, e in errors.items()}
+        tokens[1, 1] = ~removed
+    met = sum(1 if tokens is None else int(tokens[s][r // s[0], c // s[1]]) for r, c, s in start) <= budget
+    leaves = _halves.split_order(errors, start, budget, tokens)
+    kept = np.array([(r, c, *s) for r, c, s in leaves
+                     if tokens is None or tokens[s][r // s[0], c // s[1]]], dtype=np.int64).reshape(-1, 4)
+    kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
+    levels = np.round(np.log2(np.maximum(kept[:, 2], kept[:, 3]))).astype(np.int64) + 1
+    label = np.zeros((rows, cols), dtype=np.int8)
+    masks = [np.zeros(s, dtype=bool) for s in shapes]
+    for (r, c, hh, ww), k in zip(kept.tolist(), levels.tolist(), strict=True):
+        label[r:r + hh, c:c + ww] = k
+        if hh == ww:
+            masks[k - 1][r // hh, c // ww] = True
+    regions = np.column_stack([levels, kept[:, :2]])
+    return _frozen(label, masks, regions, np.ascontiguousarray(kept[:, 2:]), removed, method="budget",
+                   mode="multiscale", budget=budget, budget_met=met, threshold=None, tolerance=tolerance)
 
 
 def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None]:
@@ -508,11 +580,12 @@ def _check_score(method: str, score: Any) -> str:
 
 
 def check_settings(method: Any, alpha: Any, thresholds: Any, num_scales: Any, mode: Any, score: Any,
-                   tolerance: Any = None) -> None:
+                   tolerance: Any = None, shapes: Any = "squares") -> None:
     """Raise the ValueError/TypeError :func:`select_patches` would raise for these settings on
     an image, without scoring one."""
     method, _ = _check_method(method, alpha, mode)
     _check_score(method, score)
+    _check_shapes(shapes, method, mode, score)
     k = check_int("num_scales", num_scales, 1)
     if method == "v1":
         _check_thresholds(thresholds, k, mode)
@@ -532,6 +605,7 @@ def select_patches(
     value_range: tuple[float, float] | None = None,
     tolerance: float | None = None,
     downscale: bool | str = False,
+    shapes: str = "squares",
 ) -> Selection:
     """Choose which regions of an image keep full resolution, go coarse, or are dropped.
 
@@ -578,6 +652,14 @@ def select_patches(
     uniform down-scaling at equal tokens). num_tokens is then at most the budget, neither
     exact nor monotone in alpha.
 
+    Region shapes (``shapes``, method "budget", multiscale, images only): ``"squares"``
+    (default) as above; ``"halves"``: a region may also split in two across either side, so
+    it can be h x w cells with one side twice the other (1 x 2, 2 x 1, 2 x 4, 4 x 2 at
+    num_scales 3; ``Selection.sizes``), one token squashed by 2 along its longer side. Each
+    split adds one token and removes the most squared gray-level error per token of any split
+    (the detail score's error, per region), so num_tokens is exactly the budget (or every
+    unpredicted cell), and photographs keep more per token (docs/benchmarks.md).
+
     Args:
         image: an image for :func:`entropy_maps` / :func:`detail_maps` ((H, W) or (H, W, C),
             numpy or torch), or precomputed maps: a :class:`ScoreMaps` or a sequence of 2-D
@@ -595,6 +677,7 @@ def select_patches(
         tolerance: None (off) or the largest error per pixel value of a removed predictable
             cell, in [0, 255] 8-bit levels (the image's range mapped to [0, 255]); images only.
         downscale: False (default), True or "least_error"; see above.
+        shapes: ``"squares"`` (default) or ``"halves"``; see above.
 
     Returns:
         Selection: label map, per-level masks, regions and token count (numpy arrays).
@@ -623,6 +706,7 @@ def select_patches(
     method, a = _check_method(method, alpha, mode)
     tol = _check_tolerance(tolerance)
     rule = _check_downscale(downscale)
+    halves = _check_shapes(shapes, method, mode, score)
     if rule and method != "budget":
         raise ValueError(f"downscale={downscale!r} needs method 'budget' (it fits the image to the budget), "
                          f"got {method!r}")
@@ -631,9 +715,15 @@ def select_patches(
             raise ValueError("tolerance needs the image, not precomputed score maps (cells are predicted from pixels)")
         if rule:
             raise ValueError("downscale needs the image, not precomputed score maps (it resizes the pixels)")
+        if halves:
+            raise ValueError("shapes='halves' needs the image, not precomputed score maps (each shape's error is "
+                             "measured on the pixels)")
         return _select_maps(image, method, a, thresholds, mode)
     score = _check_score(method, score)
     check_int("num_scales", num_scales, 1)
+    if halves:
+        return _halves_image(*check_image(image, channels_first, value_range), check_int("patch_size", patch_size, 1),
+                             num_scales, a, tol, rule)
     sm = score_maps(image, score, patch_size=patch_size, num_scales=num_scales, channels_first=channels_first,
                     value_range=value_range)
     if sm[0].ndim != 2:
@@ -647,9 +737,23 @@ def select_patches(
     return _select_maps(sm, method, a, thresholds, mode, tol, predictable)
 
 
+def _halves_image(arr: np.ndarray, rng: tuple[float, float], p: int, num_scales: int, a: float,
+                  tol: float | None, rule: bool | str) -> Selection:
+    """:func:`select_patches` with ``shapes="halves"`` on a checked channels-last image."""
+    if arr.ndim > 3:
+        raise ValueError(f"select_patches takes one image at a time, got a batch of shape {arr.shape[:-3]}")
+    grid = (-(-arr.shape[0] // p), -(-arr.shape[1] // p))
+    if rule:
+        sm = ScoreMaps((np.zeros(grid),), arr.shape[:2], p, "detail")  # the grid only: halves measure their own error
+        return _downscaled(arr, rng, sm, rule, a, "multiscale", tol, num_scales)
+    return _halves_selection(arr, rng, p, num_scales, a, tol,
+                             lambda: _predictable(arr, p, _tolerance_units(tol or 0.0, rng), grid))
+
+
 def _downscaled(arr: np.ndarray, rng: tuple[float, float], sm: ScoreMaps, rule: bool | str, alpha: float, mode: str,
-                tol: float | None) -> Selection:
-    """:func:`select_patches` with ``downscale=rule`` on a checked channels-last image and its score maps."""
+                tol: float | None, halves: int | None = None) -> Selection:
+    """:func:`select_patches` with ``downscale=rule`` on a checked channels-last image and its score
+    maps; ``halves``: shapes="halves" at that num_scales (``sm`` then only gives the grid)."""
     from ._downscale import Shrink, luma_error, shrink_and_select, size_under  # imports reconstruct, which imports this
     from ._resample import resize
 
@@ -660,8 +764,11 @@ def _downscaled(arr: np.ndarray, rng: tuple[float, float], sm: ScoreMaps, rule: 
         return None if tolerance is None else _predictable(x, p, _tolerance_units(tolerance, rng), grid)
 
     def select(x: np.ndarray, a: float, gone: np.ndarray | None) -> Selection:
+        predictable = lambda: removed(x, 0.0) if gone is None else gone  # noqa: E731
+        if halves is not None:
+            return _halves_selection(x, rng, p, halves, a, tol, predictable)
         maps = sm if x is arr else score_maps(x, sm.score, patch_size=p, num_scales=num_scales, value_range=rng)
-        return _select_maps(maps, "budget", a, None, mode, tol, lambda: removed(x, 0.0) if gone is None else gone)
+        return _select_maps(maps, "budget", a, None, mode, tol, predictable)
 
     def luma(x: np.ndarray) -> np.ndarray:
         return (gray(x) - np.float32(rng[0])) * np.float32(255.0 / (rng[1] - rng[0]))

@@ -72,13 +72,20 @@ def _outline(pic: np.ndarray, y0: int, x0: int, y1: int, x1: int, colour: np.nda
 
 
 def _legend_entries(selection: Selection, p: int) -> list[tuple[np.ndarray | None, str]]:
-    """(outline colour, text) per region size of the legend, then (None, text) for dropped cells
-    in drop mode and for cells removed as predictable."""
+    """(outline colour, text) per region size of the legend (squares of each level, each followed by
+    the oblong regions of ``shapes="halves"`` that occur with that longer side, in its colour),
+    then (None, text) for dropped cells in drop mode and for cells removed as predictable."""
     entries = []
-    for k, mask in enumerate(selection.masks, 1):
-        size = "cells (full resolution)" if k == 1 else f"blocks of {1 << (k - 1)}x{1 << (k - 1)} cells"
-        colour = _LEVEL_COLOURS[min(k, len(_LEVEL_COLOURS)) - 1]
-        entries.append((colour, f"{p << (k - 1)} px {size}: {int(mask.sum())} tokens"))
+    shapes, counts = np.unique(selection.sizes.reshape(-1, 2), axis=0, return_counts=True)
+    count = {(int(h), int(w)): int(n) for (h, w), n in zip(shapes, counts, strict=True)}
+    oblong = sorted((s for s in count if s[0] != s[1]), key=lambda s: (max(s), s))
+    for k in range(1, len(selection.masks) + 1):
+        b = 1 << (k - 1)
+        for h, w in [(b, b)] + [s for s in oblong if max(s) == b]:
+            size = "cells (full resolution)" if h == w == 1 else f"blocks of {h}x{w} cells"
+            px = f"{p * h} px" if h == w else f"{p * h}x{p * w} px"
+            colour = _LEVEL_COLOURS[min(k, len(_LEVEL_COLOURS)) - 1]
+            entries.append((colour, f"{px} {size}: {count.get((h, w), 0)} tokens"))
     if selection.mode == "drop":
         dropped = int(((selection.label_map == 0) & ~selection.predicted).sum())
         entries.append((None, f"dropped (dimmed): {dropped} cells"))
@@ -178,11 +185,11 @@ def render_selection(
     # Left: the image (scaled), dropped cells dimmed, kept regions outlined by level.
     left = rgb if (h2, w2) == (h, w) else np.array(Image.fromarray(rgb).resize((w2, h2), Image.Resampling.BOX))
     left[cells_to_pixels(selection.label_map == 0, p, (h2, w2), source=(h, w))] //= 4
-    for level, r, c in selection.regions:  # image px [r p, r p + s) -> picture rows [y0, y1]
-        s = p << (level - 1)
+    for (level, r, c), (rh, rw) in zip(selection.regions, selection.sizes, strict=True):
+        # image px [r p, (r + rh) p) -> picture rows [y0, y1]
         y0, x0 = min(r * p * h2 // h, h2 - 1), min(c * p * w2 // w, w2 - 1)
-        y1 = min(max(y0, min(r * p + s, h) * h2 // h - 1), h2 - 1)
-        x1 = min(max(x0, min(c * p + s, w) * w2 // w - 1), w2 - 1)
+        y1 = min(max(y0, min((r + rh) * p, h) * h2 // h - 1), h2 - 1)
+        x1 = min(max(x0, min((c + rw) * p, w) * w2 // w - 1), w2 - 1)
         _outline(left, y0, x0, y1, x1, _LEVEL_COLOURS[min(level, len(_LEVEL_COLOURS)) - 1])
     pic[:h2, :w2] = left
     # Right: one heatmap colour per base cell.

@@ -1,0 +1,133 @@
+"""Regions split in halves (``select_patches(..., shapes="halves")``): each region's error as one
+token, and the order in which splits spend a budget.
+
+A region is h x w base cells, h and w powers of two below 2^num_scales, neither side more than
+twice the other (num_scales 3: 1x1, 1x2, 2x1, 2x2, 2x4, 4x2, 4x4), aligned to its size. It is one
+token of p x p px: its pixels area-averaged over h x w px blocks (a non-square region is squashed
+by 2 along its longer side). A region splits in two across either side where both halves are
+regions; each split adds one token.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+Shape = tuple[int, int]
+
+
+def region_shapes(num_scales: int) -> list[Shape]:
+    """(h, w) in base cells of every region shape, smallest first."""
+    sides = [1 << i for i in range(num_scales)]
+    return sorted(((h, w) for h in sides for w in sides if max(h, w) <= 2 * min(h, w)), key=lambda s: (s[0] * s[1], s))
+
+
+def _halves(shape: Shape) -> tuple[Shape | None, Shape | None]:
+    """The halves of a region of ``shape`` (h, w) split across its rows (h/2, w) and across its
+    columns (h, w/2), None where that half is not a region shape."""
+    h, w = shape
+    return ((h // 2, w) if h > 1 and w <= h else None), ((h, w // 2) if w > 1 and h <= w else None)
+
+
+def region_errors(gray: np.ndarray, p: int, num_scales: int, exact: bool = False) -> dict[Shape, np.ndarray]:
+    """Squared error of each region shown as one token, summed over its pixels.
+
+    Args:
+        gray: (H, W) float gray levels; only whole p x p cells count.
+        p: base cell side in px.
+        num_scales: as in :func:`region_shapes`.
+        exact: ``gray`` holds integers in [0, 255] (8-bit luma): with num_scales <= 3 block sums
+            are taken in float32, exactly; else in float64.
+    Returns:
+        shape (h, w) -> float64 (rows // h, cols // w) for the aligned regions of whole cells
+        (rows, cols = H // p, W // p); (1, 1) is all 0. Values at or below 1e-9 of the region's
+        energy (float rounding of a flat region) are 0.
+    """
+    rows, cols = gray.shape[0] // p, gray.shape[1] // p
+    g = gray[: rows * p, : cols * p]
+    # 8-bit levels in float32: block sums of up to 16 px and their squares are exact integers
+    # below 2^24; every sum over a cell or region is taken in float64.
+    g = g.astype(np.float32 if exact and num_scales <= 3 else np.float64, copy=False)
+    energy = _cell_squares(g, rows, p, cols, p)  # (rows, cols) sums of squares
+    sums: dict[Shape, np.ndarray] = {(1, 1): g}  # h x w px block sums over the cells the regions cover
+    out = {}
+    for h, w in region_shapes(num_scales):
+        rh, cw = rows // h, cols // w
+        if (h, w) != (1, 1):
+            if h > 1 and (h // 2, w) in sums:  # pair rows of the half-height blocks
+                src = sums[h // 2, w][: rh * p * 2, : cw * p]
+                sums[h, w] = src[0::2] + src[1::2]
+            else:  # pair columns of the half-width blocks
+                src = sums[h, w // 2][: rh * p, : cw * p * 2]
+                sums[h, w] = src[:, 0::2] + src[:, 1::2]
+        if (h, w) == (1, 1):
+            out[h, w] = np.zeros((rows, cols))
+            continue
+        shown = _cell_squares(sums[h, w], rh, p, cw, p) / (h * w)
+        total = energy[: rh * h, : cw * w].reshape(rh, h, cw, w).sum((1, 3))
+        err = total - shown
+        err[err <= 1e-9 * total] = 0.0
+        out[h, w] = err
+    return out
+
+
+def _cell_squares(x: np.ndarray, rows: int, p: int, cols: int, q: int) -> np.ndarray:
+    """float64 (rows, cols) sums of squares of x's p x q blocks (x float32 or float64): rows of
+    each block first (contiguous), then its columns."""
+    squares = np.square(x[: rows * p, : cols * q])
+    return squares.reshape(rows, p, cols * q).sum(1, dtype=np.float64).reshape(rows, cols, q).sum(-1)
+
+
+def split_order(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Shape]], budget: int,
+                tokens: dict[Shape, np.ndarray] | None = None) -> list[tuple[int, int, Shape]]:
+    """Leaves (row, col, shape) after splitting the ``start`` regions while the tokens fit ``budget``.
+
+    The next split is always the one of the largest error drop per token added (ties: the larger
+    region, then raster order; of a region's two sides, rows first), so the order does not depend
+    on the budget. ``tokens`` (shape -> bool map like ``errors``) says which regions cost a token
+    (False: wholly removed as predictable); a split that adds none is taken first. Splits stop at
+    the first one that does not fit.
+    """
+    def cost(r: int, c: int, shape: Shape) -> int:
+        return 1 if tokens is None else int(tokens[shape][r // shape[0], c // shape[1]])
+
+    heap = []
+
+    def push(r: int, c: int, shape: Shape) -> None:
+        if cost(r, c, shape) and (split := _best_split(errors, cost, r, c, shape)) is not None:
+            heapq.heappush(heap, split)
+
+    leaves = {(r, c): shape for r, c, shape in start}
+    spent = sum(cost(r, c, s) for r, c, s in start)
+    for r, c, shape in start:
+        push(r, c, shape)
+    while heap:
+        *_, r, c, _, added, half, dr, dc = heap[0]
+        if spent + added > budget:
+            break
+        heapq.heappop(heap)
+        spent += added
+        del leaves[r, c]
+        for rr, cc in ((r, c), (r + dr, c + dc)):
+            leaves[rr, cc] = half
+            push(rr, cc, half)
+    return [(r, c, s) for (r, c), s in leaves.items()]
+
+
+def _best_split(errors: dict[Shape, np.ndarray], cost, r: int, c: int, shape: Shape) -> tuple | None:
+    """The heap entry of the better side to split the region of ``shape`` at (r, c) (a token-costing
+    one): (-key, -area, r, c, side, tokens added, half shape, row and col offset of the second
+    half), key the error drop, inf where the split adds no token; None where it cannot split."""
+    best = None
+    for side, half in enumerate(_halves(shape)):
+        if half is None:
+            continue
+        dr, dc = (half[0], 0) if side == 0 else (0, half[1])
+        added = cost(r, c, half) + cost(r + dr, c + dc, half) - 1
+        drop = (errors[shape][r // shape[0], c // shape[1]] - errors[half][r // half[0], c // half[1]]
+                - errors[half][(r + dr) // half[0], (c + dc) // half[1]])
+        key = np.inf if added == 0 else float(drop)
+        if best is None or key > -best[0]:
+            best = (-key, -shape[0] * shape[1], r, c, side, added, half, dr, dc)
+    return best
