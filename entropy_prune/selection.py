@@ -518,9 +518,19 @@ def _frozen(label: np.ndarray, masks: list[np.ndarray], regions: np.ndarray, siz
 def _halves_selection(arr: np.ndarray, rng: tuple[float, float], p: int, num_scales: int, a: float,
                       tolerance: float | None, predictable: Callable[[], np.ndarray]) -> Selection:
     """:func:`select_patches` with ``shapes="halves"`` (method "budget", multiscale) on a checked
-    channels-last image: the coarsest tiling, then splits in two by :func:`._halves.split_order`
-    on the detail score's gray levels."""
-    h, w = arr.shape[:2]
+    channels-last image, by the error of each region in the detail score's gray levels."""
+    g = _gray_levels(arr, p, rng)  # float32 only for 8-bit luma, which is integer
+    errors = _halves.region_errors(g, p, num_scales, exact=g.dtype == np.float32)
+    return _halves_from_errors(errors, arr.shape[:2], p, num_scales, a, tolerance, predictable)
+
+
+def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[int, int], p: int, num_scales: int,
+                        a: float, tolerance: float | None, predictable: Callable[[], np.ndarray]) -> Selection:
+    """The ``shapes="halves"`` Selection of an image of ``size`` (H, W) px from its regions' errors
+    (:func:`._halves.region_errors`): the coarsest tiling, then splits in two by
+    :func:`._halves.split_order` up to the budget, alpha ``a`` of its p x p px cells;
+    ``predictable()`` gives the cells ``tolerance`` removes (None: off)."""
+    h, w = size
     rows, cols, whole = -(-h // p), -(-w // p), (h // p, w // p)
     shapes = [(rows, cols)] + [(whole[0] >> k, whole[1] >> k) for k in range(1, num_scales)]
     removed = predictable() if tolerance is not None else np.zeros((rows, cols), dtype=bool)
@@ -531,8 +541,6 @@ def _halves_selection(arr: np.ndarray, rng: tuple[float, float], p: int, num_sca
         b = 1 << (k - 1)
         r, c = np.nonzero(label[::b, ::b][:rk, :ck] == k)
         start += [(int(i) * b, int(j) * b, (b, b)) for i, j in zip(r, c, strict=True)]
-    g = _gray_levels(arr, p, rng)  # float32 only for 8-bit luma, which is integer
-    errors = _halves.region_errors(g, p, num_scales, exact=g.dtype == np.float32)
     tokens = None
     if tolerance is not None:
         shown = ~removed[: whole[0], : whole[1]]

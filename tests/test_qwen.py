@@ -261,7 +261,7 @@ def test_drop_top_rows_equals_stock_on_cropped_grid(processors, patched, backend
     text = [proc.apply_chat_template([{"role": "user", "content": PROMPTS[1]}], add_generation_prompt=True)]
     wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=k / rows, mode="drop")
     ours = run(wrapped, [image], text)
-    expected = [[0, 1, 0, r, c] for r in range(k) for c in range(cols)]
+    expected = [[0, 1, 0, r, c, 1, 1] for r in range(k) for c in range(cols)]
     assert ours[REGIONS_KEY].tolist() == expected
     stock_full = run(proc, [image], text)
     assert torch.equal(stock_full["image_grid_thw"], torch.tensor([[1, 2 * rows, 2 * cols]]))
@@ -303,7 +303,7 @@ def test_tolerance_removes_predictable_units(processors, patched, texts, backend
         n = grid[1] * grid[2]
         units = stock_rows[start : start + n].reshape(grid[1] // 2, grid[2] // 2, 4, -1)
         rows = ours["pixel_values"][ours_start : ours_start + 4 * len(mine)].reshape(len(mine), 4, -1)
-        for (_, level, _, r, c), row in zip(mine.tolist(), rows, strict=True):
+        for (_, level, _, r, c, _, _), row in zip(mine.tolist(), rows, strict=True):
             if level == 1:
                 assert torch.equal(row, units[r, c])
         start, ours_start, total = start + n, ours_start + 4 * len(mine), total + n // 4
@@ -324,26 +324,28 @@ def stock_frames(out):
 
 def expected_units(full, regions, unit=28):
     """Rows each region should get: its block of ``full`` area-averaged down to one unit."""
-    for _, level, _, r, c in regions.tolist():
-        b = 1 << (level - 1)
-        block = full[:, :, r * unit : (r + b) * unit, c * unit : (c + b) * unit]
-        small = block.reshape(2, 3, unit, b, unit, b).mean(axis=(3, 5))  # (T, C, 28, 28)
+    for _, _, _, r, c, bh, bw in regions.tolist():
+        block = full[:, :, r * unit : (r + bh) * unit, c * unit : (c + bw) * unit]
+        small = block.reshape(2, 3, unit, bh, unit, bw).mean(axis=(3, 5))  # (T, C, 28, 28)
         yield small.reshape(2, 3, 2, 14, 2, 14).transpose(2, 4, 1, 0, 3, 5).reshape(4, -1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("num_scales, alpha", [(3, 0.2), (5, 0.035)])
-def test_coarse_region_is_area_average(processors, images, backend, num_scales, alpha):
-    """Coarse units (also 16 x 16 blocks, whose 8-bit pixel sums outgrow int16) are the area
-    average of the stock normalised pixels; every level-1 row is bit-identical to its stock row."""
+@pytest.mark.parametrize("num_scales, alpha, shapes", [(3, 0.2, "squares"), (5, 0.035, "squares"),
+                                                       (3, 0.2, "halves"), (5, 0.035, "halves")])
+def test_coarse_region_is_area_average(processors, images, backend, num_scales, alpha, shapes):
+    """Coarse units (also 16 x 16 blocks, whose 8-bit pixel sums outgrow int16, and halves'
+    oblong regions) are the area average of the stock normalised pixels; every level-1 row is
+    bit-identical to its stock row."""
     proc = processors[backend]
     big = np.tile(images[0], (4, 3, 1))  # 16 x 18 units: a block of 16 x 16 units exists
     kw = dict(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 288}, return_tensors="pt")
-    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=alpha, num_scales=num_scales)
+    wrapped = wrap_processor(proc, patch_selection_method="budget", alpha=alpha, num_scales=num_scales, shapes=shapes)
     out = wrapped.image_processor([big], **kw)
     full = stock_frames(proc.image_processor([big], **kw))
     regions = out[REGIONS_KEY]
     assert (regions[:, 1] == num_scales).any()
+    assert (regions[:, 5] != regions[:, 6]).any() == (shapes == "halves")
     for n, expect in enumerate(expected_units(full, regions)):
         got = out["pixel_values"][4 * n : 4 * n + 4].numpy()
         if regions[n, 1] == 1:
@@ -386,25 +388,27 @@ def test_integer_video_rows_without_rescale_or_normalisation(processors):
     rows, regions = out["pixel_values_videos"], out[VIDEO_REGIONS_KEY]
     assert rows.dtype == torch.uint8 and (regions[:, 1] > 1).any()
     t, h, w = stock["video_grid_thw"][0].tolist()
-    for n, (_, level, ti, r, c) in enumerate(regions.tolist()):
+    for n, (_, level, ti, r, c, _, _) in enumerate(regions.tolist()):
         if level == 1:
             unit = ti * h * w + 4 * (r * (w // 2) + c)
             assert torch.equal(rows[4 * n : 4 * n + 4], stock["pixel_values_videos"][unit : unit + 4])
 
 
-def test_positions_of_coarse_regions(processors, model, images, texts):
-    """LLM positions follow the documented rule: region (level, r, c) -> (r + (b-1)//2, c + (b-1)//2)
-    offset by the text before it, and text continues after max(grid) / 2 units."""
+@pytest.mark.parametrize("shapes", ["squares", "halves"])
+def test_positions_of_coarse_regions(processors, model, images, texts, shapes):
+    """LLM positions follow the documented rule: region (r, c) of bh x bw units ->
+    (r + (bh-1)//2, c + (bw-1)//2) offset by the text before it, and text continues after
+    max(grid) / 2 units."""
     proc = processors["torchvision"]
-    inputs = run(wrap_processor(proc, alpha=0.3), images[:1], texts[1:])
+    inputs = run(wrap_processor(proc, alpha=0.3, shapes=shapes), images[:1], texts[1:])
     pos = prepare_inputs(model, inputs)["position_ids"]
     ids = inputs["input_ids"][0]
     is_img = ids == model.config.image_token_id
     start = int(is_img.nonzero()[0])
     regions = inputs[REGIONS_KEY]
-    b = 1 << (regions[:, 1] - 1)
-    off = (b - 1) // 2
-    expect = torch.stack([torch.zeros_like(off), regions[:, 3] + off, regions[:, 4] + off]) + start
+    assert (regions[:, 5] != regions[:, 6]).any() == (shapes == "halves")
+    off_r, off_c = (regions[:, 5] - 1) // 2, (regions[:, 6] - 1) // 2
+    expect = torch.stack([torch.zeros_like(off_r), regions[:, 3] + off_r, regions[:, 4] + off_c]) + start
     assert torch.equal(pos[1:, 0, is_img], expect)
     assert torch.equal(pos[0, 0], torch.arange(ids.numel()))
     after = int(is_img.nonzero()[-1]) + 1
@@ -412,7 +416,8 @@ def test_positions_of_coarse_regions(processors, model, images, texts):
     assert (pos[1:, 0, after] == start + max(gh, gw) // 2).all()
 
 
-def test_vision_positions_of_coarse_units(processors, model, images, texts):
+@pytest.mark.parametrize("shapes", ["squares", "halves"])
+def test_vision_positions_of_coarse_units(processors, model, images, texts, shapes):
     """Each patch of a coarse unit sits inside the sub-block of its region that it averages, one
     position from its neighbours (the in-unit spacing of training); level 1 keeps stock positions."""
     captured = {}
@@ -422,20 +427,20 @@ def test_vision_positions_of_coarse_units(processors, model, images, texts):
 
     handle = model.model.visual.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        inputs = run(wrap_processor(processors["torchvision"], alpha=0.3), images, texts)
+        inputs = run(wrap_processor(processors["torchvision"], alpha=0.3, shapes=shapes), images, texts)
         prepare_inputs(model, inputs)
     finally:
         handle.remove()
     pos = captured["position_ids"].reshape(-1, 2, 2, 2)  # (unit, mh, mw, [h, w])
     regions = inputs[REGIONS_KEY]
     assert (regions[:, 1] == 2).any() and (regions[:, 1] == 1).any()
-    for (_, level, _, r, c), p in zip(regions.tolist(), pos, strict=True):
-        b = 1 << (level - 1)
+    assert (regions[:, 5] != regions[:, 6]).any() == (shapes == "halves")
+    for (_, level, _, r, c, bh, bw), p in zip(regions.tolist(), pos, strict=True):
         for mh in range(2):
             for mw in range(2):
                 h, w = p[mh, mw].tolist()
-                assert 2 * r + mh * b <= h < 2 * r + (mh + 1) * b
-                assert 2 * c + mw * b <= w < 2 * c + (mw + 1) * b
+                assert 2 * r + mh * bh <= h < 2 * r + (mh + 1) * bh
+                assert 2 * c + mw * bw <= w < 2 * c + (mw + 1) * bw
         assert (p[1, :, 0] - p[0, :, 0] == 1).all() and (p[:, 1, 1] - p[:, 0, 1] == 1).all()
         if level == 1:
             stock_positions = [[2 * r, 2 * c], [2 * r, 2 * c + 1], [2 * r + 1, 2 * c], [2 * r + 1, 2 * c + 1]]
@@ -636,19 +641,22 @@ def test_mismatched_regions_rejected(processors, patched, images, texts):
 
     overlap = regions.clone()
     i = int((regions[:-1, 1] >= 2).nonzero()[0])
-    image, _, t, r, c = regions[i].tolist()
-    overlap[i + 1] = torch.tensor([image, 1, t, r, c + 1])  # still sorted, but inside region i
+    image, _, t, r, c, _, _ = regions[i].tolist()
+    overlap[i + 1] = torch.tensor([image, 1, t, r, c + 1, 1, 1])  # still sorted, but inside region i
+    squashed = regions.clone()
+    squashed[i, 5] = 3  # h x w no longer a shape of its level
     ids = inputs["input_ids"].clone()
     ids[0, (ids[0] == patched.config.image_token_id).nonzero()[0]] = 65
     cases = [
         (variant(pixel_values=inputs["pixel_values"][:-4]), ValueError, "pixel_values has"),
         (with_regions(regions[1:]), ValueError, "pixel_values has"),
-        (with_regions(regions[:, :4]), ValueError, "shape"),
+        (with_regions(regions[:, :5]), ValueError, "shape"),
         (with_regions(regions.flip(0)), ValueError, "sorted"),
-        (with_regions(regions + torch.tensor([0, 0, 0, 50, 0])), ValueError, "inside"),
-        (with_regions(regions + torch.tensor([5, 0, 0, 0, 0])), ValueError, "image indices"),
+        (with_regions(regions + torch.tensor([0, 0, 0, 50, 0, 0, 0])), ValueError, "inside"),
+        (with_regions(regions + torch.tensor([5, 0, 0, 0, 0, 0, 0])), ValueError, "image indices"),
         (with_regions(regions.float()), TypeError, "integer"),
         (with_regions(overlap), ValueError, "overlapping"),
+        (with_regions(squashed), ValueError, "on a side and the other side the same or half"),
         (variant(input_ids=ids), ValueError, "placeholder"),
         (variant(position_ids=torch.zeros(3, 2, ids.shape[1], dtype=torch.long)), ValueError, "position_ids"),
     ]

@@ -82,10 +82,12 @@ def test_keep_all_equals_stock(family, media):
         unpatch_model(model)
 
 
-@pytest.mark.parametrize("mode", ["multiscale", "drop"])
-def test_budget_counts_per_image_and_video(family, media, mode):
+@pytest.mark.parametrize("mode, shapes", [("multiscale", "squares"), ("drop", "squares"), ("multiscale", "halves")])
+def test_budget_counts_per_image_and_video(family, media, mode, shapes):
     name, proc, model = family
-    inputs = batch(wrap_processor(proc, alpha=0.3, mode=mode), media)
+    inputs = batch(wrap_processor(proc, alpha=0.3, mode=mode, shapes=shapes), media)
+    oblong = [bool((inputs[key][:, 5] != inputs[key][:, 6]).any()) for key in (REGIONS_KEY, VIDEO_REGIONS_KEY)]
+    assert any(oblong) == (shapes == "halves")
     encoded = prepare_inputs(model, inputs)["mm_encoder_outputs"]
     cfg = model.config
     for key, modality, token in (
@@ -152,7 +154,7 @@ def test_drop_top_rows_equals_stock_on_cropped_grid_with_windows(name):
     image = top_rows_image(k, rows, cols, 28)
     text = prompts(proc, [[IMAGE, TEXT]])
     ours = wrap_processor(proc, alpha=k / rows, mode="drop")(images=[image], text=text, return_tensors="pt")
-    assert ours[REGIONS_KEY].tolist() == [[0, 1, 0, r, c] for r in range(k) for c in range(cols)]
+    assert ours[REGIONS_KEY].tolist() == [[0, 1, 0, r, c, 1, 1] for r in range(k) for c in range(cols)]
     cropped = {key: v for key, v in ours.items() if key != REGIONS_KEY}
     cropped["image_grid_thw"] = torch.tensor([[1, 2 * k, 2 * cols]])
     reference = logits(model, cropped)
@@ -188,7 +190,7 @@ def test_nothing_kept_at_all(family):
     name, proc, model = family
     inputs = run(wrap_processor(proc, alpha=0.01, mode="drop"), [textured_image(84, 84, 1)], None,
                  prompts(proc, [[IMAGE, TEXT]]))
-    assert inputs[REGIONS_KEY].shape == (0, 5) and inputs["pixel_values"].shape[0] == 0
+    assert inputs[REGIONS_KEY].shape == (0, 7) and inputs["pixel_values"].shape[0] == 0
     assert not (inputs["input_ids"] == model.config.image_token_id).any()
     patch_model(model)
     try:
@@ -249,15 +251,16 @@ def test_temporal_score_spends_fewer_tokens_on_static_patches():
     assert sum(b) < sum(a)
 
 
-def test_temporal_score_on_frames_smaller_than_the_coarsest_region(family):
+@pytest.mark.parametrize("shapes", ["squares", "halves"])
+def test_temporal_score_on_frames_smaller_than_the_coarsest_region(family, shapes):
     # 3 x 4 units per frame: no 4 x 4-unit (level 3) region fits; the temporal score skips that
     # level (it raised in avg_pool2d) and the count matches the same selection without it.
     _, proc, _ = family
     clip = np.stack([textured_image(84, 112, s) for s in range(4)])
     size = {"shortest_edge": 56 * 56, "longest_edge": 84 * 112} if family[0] not in QWEN3_LIKE else None
     kwargs = {"size": size} if size else {}
-    out = wrap_processor(proc.video_processor, alpha=0.5, temporal_threshold=0.05)([clip], return_tensors="pt",
-                                                                                  **kwargs)
+    out = wrap_processor(proc.video_processor, alpha=0.5, temporal_threshold=0.05, shapes=shapes)(
+        [clip], return_tensors="pt", **kwargs)
     grid = out["video_grid_thw"][0].tolist()
     assert grid[0] == 2 and (grid[1] // 2 < 4 or grid[2] // 2 < 4)
     counts = torch.bincount(out[VIDEO_REGIONS_KEY][:, 2], minlength=2)

@@ -30,7 +30,7 @@ from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.engine.arg_utils import EngineArgs  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 
-from entropy_prune.qwen import VIDEO_REGIONS_KEY, patch_model, wrap_processor  # noqa: E402
+from entropy_prune.qwen import REGIONS_KEY, VIDEO_REGIONS_KEY, patch_model, wrap_processor  # noqa: E402
 from entropy_prune.qwen.testing import family_media, save_checkpoint, textured_image  # noqa: E402
 from entropy_prune.vllm import ARCHITECTURES  # noqa: E402
 from entropy_prune.vllm._version import check_version  # noqa: E402
@@ -159,6 +159,7 @@ SETTINGS = [
     {"alpha": 0.3, "mode": "drop", "tolerance": 0},
     {"alpha": 0.3, "tolerance": 0, "downscale": True},
     {"alpha": 0.3, "downscale": "least_error"},
+    {"alpha": 0.3, "shapes": "halves", "temporal_threshold": 0.05},
     {"patch_selection_method": "v1", "thresholds": [7.3, 7.0], "temporal_threshold": 0.05},
 ]
 
@@ -175,6 +176,8 @@ def test_pruned_equals_transformers_path_in_one_batch(family, checkpoint, engine
         assert tokens == want_tokens, settings
         assert len(prompt_ids) < full, settings
         video_tokens.append(len(inputs[VIDEO_REGIONS_KEY]))
+        oblong = any(bool((inputs[k][:, 5] != inputs[k][:, 6]).any()) for k in (REGIONS_KEY, VIDEO_REGIONS_KEY))
+        assert oblong == (settings.get("shapes") == "halves"), settings  # squashed tokens went through vLLM
     if family != "qwen3_vl":  # its tiny video processor caps the clip at 3 x 4 units, as coarse as v1 gets
         assert video_tokens[-1] < video_tokens[2]  # the temporal score coarsens what barely changed
 

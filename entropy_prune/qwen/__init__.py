@@ -11,7 +11,7 @@ detected from the objects.
     out = model.generate(**inputs)
 
 Kept regions travel in the processor output as ``image_kept_regions`` / ``video_kept_regions``:
-int64 (num_kept, 5) (item, level, t, row, col) in merge-unit coordinates; the pixel rows hold
+int64 (num_kept, 7) (item, level, t, row, col, h, w) in merge-unit coordinates; the pixel rows hold
 merge_size^2 rows per kept region and each item gets one placeholder token per kept region.
 """
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BatchFeature
 
+from .. import _halves
 from .._image import BT601
-from ..scores import score_maps
-from ..selection import _check_method, _check_tolerance, _predictable, _select_maps, default_score
+from ..scores import _gray_levels, score_maps
+from ..selection import _check_method, _check_tolerance, _halves_from_errors, _predictable, _select_maps, default_score
 from ._compat import NORM_KEYS
 from ._downscale import shrink_and_select
 from ._units import cat, cut_regions
@@ -88,21 +89,6 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
     Returns:
         the :class:`entropy_prune.Selection` on the unit grid.
     """
-    score = default_score(settings["patch_selection_method"]) if settings["score"] is None else settings["score"]
-    kw = dict(patch_size=unit_px, num_scales=settings["num_scales"], channels_first=True)
-    levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], score, **kw).levels]
-    for image in images[1:]:
-        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, score, **kw).levels, strict=True)]
-    tau = settings["temporal_threshold"]
-    if tau is not None and previous is not None:
-        now = np.mean([_luma01(x) for x in images], axis=0)
-        before = np.mean([_luma01(x) for x in previous], axis=0)
-        diff = torch.from_numpy(np.abs(now - before).astype(np.float64))[None, None]
-        for k in range(len(levels)):
-            if not levels[k].size:  # a frame smaller than this level's block has no such region
-                continue
-            change = F.avg_pool2d(diff, unit_px << k)[0, 0].numpy()[: levels[k].shape[0], : levels[k].shape[1]]
-            levels[k] = levels[k] * np.minimum(1.0, change / tau)
     method, alpha = _check_method(settings["patch_selection_method"], settings["alpha"], settings["mode"])
     tolerance = _check_tolerance(settings["tolerance"])
 
@@ -112,7 +98,47 @@ def select_group(images: list[np.ndarray], previous: list[np.ndarray] | None, se
             return removed
         return removed_units(images[0] if len(images) == 1 else np.concatenate(images), tolerance or 0.0, unit_px)
 
+    halves = settings["shapes"] == "halves"
+    maps = _halves_maps(images, unit_px, settings["num_scales"]) if halves else _score_maps(images, settings, unit_px)
+    tau = settings["temporal_threshold"]
+    if tau is not None and previous is not None:
+        now = np.mean([_luma01(x) for x in images], axis=0)
+        before = np.mean([_luma01(x) for x in previous], axis=0)
+        diff = torch.from_numpy(np.abs(now - before).astype(np.float64))[None, None]
+        for k, (block, m) in enumerate(maps):
+            if not m.size:  # a frame smaller than this region's block has no such region
+                continue
+            change = F.avg_pool2d(diff, (unit_px * block[0], unit_px * block[1]))[0, 0].numpy()
+            change = change[: m.shape[0], : m.shape[1]]
+            factor = np.minimum(1.0, change / tau)
+            maps[k] = (block, m * (factor * factor if halves else factor))  # halves: squared errors
+    if halves:
+        return _halves_from_errors(dict(maps), images[0].shape[-2:], unit_px, settings["num_scales"], alpha,
+                                   tolerance, predictable)
+    levels = [m for _, m in maps]
     return _select_maps(levels, method, alpha, settings["thresholds"], settings["mode"], tolerance, predictable)
+
+
+def _score_maps(images: list[np.ndarray], settings: dict, unit_px: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """((b, b) units, float64 map) per level of the score, the largest over the frames."""
+    score = default_score(settings["patch_selection_method"]) if settings["score"] is None else settings["score"]
+    kw = dict(patch_size=unit_px, num_scales=settings["num_scales"], channels_first=True)
+    levels = [np.asarray(x, dtype=np.float64) for x in score_maps(images[0], score, **kw).levels]
+    for image in images[1:]:
+        levels = [np.maximum(a, b) for a, b in zip(levels, score_maps(image, score, **kw).levels, strict=True)]
+    return [((1 << k, 1 << k), m) for k, m in enumerate(levels)]
+
+
+def _halves_maps(images: list[np.ndarray], unit_px: int, num_scales: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """((h, w) units, float64 map) per region shape of ``shapes="halves"``: each region's squared
+    error as one token (:func:`entropy_prune._halves.region_errors`), the largest over the frames."""
+    out = None
+    for image in images:
+        pixels = np.moveaxis(image, 0, -1)
+        g = _gray_levels(pixels, unit_px, (0.0, 255.0) if image.dtype == np.uint8 else (0.0, 1.0))
+        errors = _halves.region_errors(g, unit_px, num_scales, exact=g.dtype == np.float32)
+        out = errors if out is None else {s: np.maximum(out[s], e) for s, e in errors.items()}
+    return list(out.items())
 
 
 def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int, m: int, tp: int,
@@ -126,8 +152,8 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
         min_pixels: the processor's lower bound on H * W; with ``downscale`` the image is first
             shrunk (:func:`shrink_and_select`), never below it.
     Returns:
-        rows ((num_kept * m*m, C*tp*p*p), the stock dtype), regions int64 (num_kept, 4):
-        (level, t, row, col), and the (h, w) in patches of the image they were cut from.
+        rows ((num_kept * m*m, C*tp*p*p), the stock dtype), regions int64 (num_kept, 6):
+        (level, t, row, col, h, w), and the (h, w) in patches of the image they were cut from.
     """
     def select(x: torch.Tensor, a: float, gone: np.ndarray | None = None):
         return select_group([raw_image(x, norm)], None, {**settings, "alpha": a}, m * p, gone)
@@ -143,16 +169,17 @@ def prune_image(raw: torch.Tensor, settings: dict, norm: dict, normalize, p: int
     else:
         sel = select(raw, settings["alpha"])
     regions = np.asarray(sel.regions, dtype=np.int64)
-    rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype))
+    rows = cut_regions(raw[None], regions, m, p, tp, lambda units: normalize(units, raw.dtype), sel.sizes)
     grid = (raw.shape[-2] // p, raw.shape[-1] // p)
-    return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:]]), grid
+    return rows, np.column_stack([regions[:, 0], np.zeros(len(regions), np.int64), regions[:, 1:], sel.sizes]), grid
 
 
 def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, norm: dict, p: int, m: int, tp: int):
     """Prune one video's stock patch rows ((t*h*w, C*tp*p*p), order [t][unit_row][unit_col][mh][mw]).
 
     One selection per temporal patch, on its frames recovered from the rows (level-1 units are
-    copies of their stock rows). Returns kept rows and regions int64 (num_kept, 4): (level, t, row, col).
+    copies of their stock rows). Returns kept rows and regions int64 (num_kept, 6): (level, t, row,
+    col, h, w).
     """
     t, h, w = grid
     ch = rows.shape[1] // (tp * p * p)
@@ -164,10 +191,12 @@ def prune_rows(rows: torch.Tensor, grid: tuple[int, int, int], settings: dict, n
         distinct = any(not torch.equal(frames[i], frames[0]) for i in range(1, tp))
         frames = frames if distinct else frames[:1]
         images = [scoring_image(x, norm) for x in frames]
-        regions = np.asarray(select_group(images, previous, settings, m * p).regions, dtype=np.int64)
+        sel = select_group(images, previous, settings, m * p)
+        regions = np.asarray(sel.regions, dtype=np.int64)
         previous = images
-        kept_rows.append(cut_regions(frames, regions, m, p, tp, None if rows.is_floating_point() else integer))
-        kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:]]))
+        kept_rows.append(cut_regions(frames, regions, m, p, tp, None if rows.is_floating_point() else integer,
+                                     sel.sizes))
+        kept_regions.append(np.column_stack([regions[:, 0], np.full(len(regions), ti), regions[:, 1:], sel.sizes]))
     return cat(kept_rows), np.concatenate(kept_regions).astype(np.int64)
 
 
@@ -217,7 +246,7 @@ def prune_batch(
         rows_out.append(rows)
         regions_out.append(np.column_stack([np.full(len(regions), i, dtype=np.int64), regions]))
     pruned = cat(rows_out) if rows_out else pv[:0]
-    regions = np.concatenate(regions_out) if regions_out else np.zeros((0, 5), np.int64)
+    regions = np.concatenate(regions_out) if regions_out else np.zeros((0, 7), np.int64)
     data = dict(output.data)
     data[pixel_key] = pruned.numpy() if as_numpy else pruned
     data[regions_key] = regions if as_numpy else torch.from_numpy(regions)

@@ -19,6 +19,7 @@ SETTINGS = {
     "temporal_threshold": None,
     "tolerance": None,
     "downscale": False,
+    "shapes": "squares",
 }
 """Selection settings a wrapped processor accepts (per call, as attributes, or at construction),
 with their defaults. Values are validated by :func:`entropy_prune.select_patches`."""
@@ -72,7 +73,7 @@ def keeps_all(settings: dict) -> bool:
 def check(settings: dict) -> None:
     """Raise ValueError/TypeError now for settings the core selection would reject."""
     check_call_keywords(settings, set(SETTINGS), "the selection settings", True)
-    keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score", "tolerance")
+    keys = ("patch_selection_method", "alpha", "thresholds", "num_scales", "mode", "score", "tolerance", "shapes")
     check_selection(*(settings[k] for k in keys))
     downscale = check_downscale(settings["downscale"])
     if downscale and settings["patch_selection_method"] != "budget":

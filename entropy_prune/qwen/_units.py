@@ -1,9 +1,9 @@
 """Kept regions of resized frames -> processor rows, in torch: cutting, pooling and row layout.
 
-A kept level-k region (``b = 2^(k-1)`` units on a side) becomes ONE unit: its pixels (every
-distinct temporal frame, all channels) box-averaged by ``b`` down to one unit (level 1: the unit
-itself) and cut into its ``merge_size^2`` patch rows in the processor's layout
-[unit][mh][mw] x (C, tp, p, p).
+A kept region of h x w units (level k: ``h = w = 2^(k-1)``; ``shapes="halves"`` also one side
+twice the other) becomes ONE unit: its pixels (every distinct temporal frame, all channels)
+box-averaged by h x w down to one unit (1 x 1: the unit itself) and cut into its
+``merge_size^2`` patch rows in the processor's layout [unit][mh][mw] x (C, tp, p, p).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Te
     return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
 
 
-def unit_blocks(frames: torch.Tensor, r: np.ndarray, c: np.ndarray, s: int) -> torch.Tensor:
-    """(F, C, H, W) frames -> (K, F, C, s, s): the s x s px units at unit rows r, cols c (K,)."""
-    hu, wu = frames.shape[-2] // s, frames.shape[-1] // s
-    grid = frames[..., : hu * s, : wu * s].unflatten(-1, (wu, s)).unflatten(-3, (hu, s))  # (F, C, hu, s, wu, s)
+def unit_blocks(frames: torch.Tensor, r: np.ndarray, c: np.ndarray, s: int, sw: int | None = None) -> torch.Tensor:
+    """(F, C, H, W) frames -> (K, F, C, s, sw): the s x sw px blocks (sw None: s) at block rows r,
+    cols c (K,)."""
+    sw = s if sw is None else sw
+    hu, wu = frames.shape[-2] // s, frames.shape[-1] // sw
+    grid = frames[..., : hu * s, : wu * sw].unflatten(-1, (wu, sw)).unflatten(-3, (hu, s))  # (F, C, hu, s, wu, sw)
     if grid.device.type == "cpu" and grid.dtype != torch.bfloat16:  # numpy copies these short runs ~2x faster
         # index arrays split by a slice: numpy puts their axis first, (K, F, C, s, s), and reads
         # the unit rows in place (faster than indexing a permuted view)
@@ -63,31 +65,42 @@ def sum_dtype(dtype: torch.dtype, level: int) -> torch.dtype:
     return next((t for t in (torch.int16, torch.int32, torch.int64) if top <= torch.iinfo(t).max), torch.float64)
 
 
-def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, normalize=None) -> torch.Tensor:
+def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: int, normalize=None,
+                sizes: np.ndarray | None = None) -> torch.Tensor:
     """Rows of one temporal patch's kept regions.
 
     A level-k region (b = 2^(k-1) units on a side) becomes ONE unit, its pixels area-averaged
     by b: level 2 from the image's 2 x 2 px sums, deeper levels by pooling those sums further
-    within the kept regions only.
+    within the kept regions only. A region of h x w units, h != w, is area-averaged by (h, w).
 
     Args:
         frames: (F, C, H, W) pixels of the temporal patch (F = 1: tp copies, or tp).
         regions: int (K, 3) (level, row, col) in units.
         normalize: float (N, C, s, s) units (integer pixels converted exactly, all levels in
             one call) -> the same in the stock rows' values and dtype (None: identity).
+        sizes: int (K, 2) (h, w) of each region in units; None: squares of their level.
     Returns:
         (K * m*m, C*tp*p*p) rows in region order.
     """
     f, ch = frames.shape[:2]
     s = m * p
     work = frames.dtype if frames.is_floating_point() or frames.is_complex() else torch.float32
-    order = np.argsort(regions[:, 0], kind="stable")  # level by level, raster order within a level
+    oblong = np.zeros(len(regions), dtype=bool) if sizes is None else sizes[:, 0] != sizes[:, 1]
+    group = np.where(oblong, 0, regions[:, 0])  # oblong regions first, then level by level
+    order = np.lexsort((*(() if sizes is None else (sizes[:, 1], sizes[:, 0])), group))
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
-    top = int(regions[:, 0].max(initial=1))
-    pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None  # 2 x 2 px sums
     start = 0
+    for h, w in (np.unique(sizes[oblong], axis=0).tolist() if oblong.any() else []):
+        pick = order[start : start + int((oblong & (sizes[:, 0] == h) & (sizes[:, 1] == w)).sum())]
+        blocks = unit_blocks(frames, regions[pick, 1] // h, regions[pick, 2] // w, s * h, s * w)
+        wide = blocks.to(sum_dtype(frames.dtype, max(h, w).bit_length()))  # (K, F, C, s h, s w)
+        sums = wide.unflatten(-1, (s, w)).unflatten(-3, (s, h)).sum((-3, -1))
+        torch.mul(sums, 1.0 / (h * w), out=units[start : start + len(pick)])
+        start += len(pick)
+    top = int(regions[~oblong, 0].max(initial=1))
+    pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None  # 2 x 2 px sums
     for level in range(1, top + 1):
-        pick = order[start : start + int((regions[:, 0] == level).sum())]
+        pick = order[start : start + int((~oblong & (regions[:, 0] == level)).sum())]
         r, c = regions[pick, 1] >> (level - 1), regions[pick, 2] >> (level - 1)
         dst = units[start : start + len(pick)]
         if level == 1:

@@ -2,14 +2,15 @@
 
 A strategy runs the kept units of all images (or all videos) through the public vision tower with
 precomputed rotary positions and attention segments, and gives each visual item's LLM positions.
-Region geometry (merge size m, region side b = 2^(level-1) units, top-left unit (r, c)):
+Region geometry (merge size m, a region of bh x bw units, bh = bw = 2^(level-1) for a square,
+top-left unit (r, c)):
 
 * Vision tower: the unit standing for a region keeps its m x m patches one position apart (the
   spacing every unit had in training) and centres them on the region: patch (mh, mw) gets
-  (h, w) = (m r + m (b-1)/2 + mh, m c + m (b-1)/2 + mw), which lies inside the sub-block of the
-  region that the patch averages. Level 1 gives the stock positions.
-* LLM: the region's token gets (t, h, w) = (time(t), r + (b-1)//2, c + (b-1)//2) relative to the
-  item start, i.e. the unit at (or just up-left of) the region centre. Text after the item
+  (h, w) = (m r + m (bh-1)/2 + mh, m c + m (bw-1)/2 + mw), which lies inside the sub-block of
+  the region that the patch averages. Level 1 gives the stock positions.
+* LLM: the region's token gets (t, h, w) = (time(t), r + (bh-1)//2, c + (bw-1)//2) relative to
+  the item start, i.e. the unit at (or just up-left of) the region centre. Text after the item
   continues from the full grid's extent, as for the unpruned item, so text positions never move.
 * Drop mode keeps level-1 units only: their stock positions.
 
@@ -78,21 +79,21 @@ class VisualItem:
         return int(self.positions.shape[1])
 
 
-def _centre_offset(level: torch.Tensor) -> torch.Tensor:
-    """Units from a level's region's top-left unit to its representative unit, the one at (or
-    just up-left of) its centre: (b - 1) // 2, b = 2^(level-1). Gives the region's LLM position
-    and, for Qwen2.5-VL, its window."""
-    return ((1 << (level - 1)) - 1) // 2
+def _centre_offsets(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Units (rows, cols) from each region's top-left unit to its representative unit, the one
+    at (or just up-left of) its centre: ((bh - 1) // 2, (bw - 1) // 2) for regions (n, 7) of
+    bh x bw units. Gives the region's LLM position and, for Qwen2.5-VL, its window."""
+    return (regions[:, 5] - 1) // 2, (regions[:, 6] - 1) // 2
 
 
 def full_grid_regions(grid_thw: torch.Tensor, m: int) -> torch.Tensor:
-    """Level-1 regions (item, level, t, row, col) of every unit of every (t, h, w) grid, stock order."""
+    """Level-1 regions (item, level, t, row, col, h, w) of every unit of every (t, h, w) grid, stock order."""
     out = []
     for i, (t, h, w) in enumerate(grid_thw.tolist()):
         tt, rr, cc = torch.meshgrid(torch.arange(t), torch.arange(h // m), torch.arange(w // m), indexing="ij")
-        cols = [torch.full_like(tt, i), torch.ones_like(tt), tt, rr, cc]
-        out.append(torch.stack(cols, -1).reshape(-1, 5))
-    return torch.cat(out) if out else torch.zeros((0, 5), dtype=torch.long)
+        one = torch.ones_like(tt)
+        out.append(torch.stack([torch.full_like(tt, i), one, tt, rr, cc, one, one], -1).reshape(-1, 7))
+    return torch.cat(out) if out else torch.zeros((0, 7), dtype=torch.long)
 
 
 class Qwen2VLFamily:
@@ -125,22 +126,21 @@ class Qwen2VLFamily:
         m = self.merge_size(base)
         out = []
         for i, (t, h, w) in enumerate(grid_thw.tolist()):
-            level, tt, r, c = regions[regions[:, 0] == i, 1:].unbind(1)
-            off = _centre_offset(level)
-            time = self.time_positions(base, modality, i, t, inputs)[tt]
-            out.append(VisualItem(torch.stack([time, r + off, c + off]), max(h, w) // m))
+            mine = regions[regions[:, 0] == i]
+            off_r, off_c = _centre_offsets(mine)
+            time = self.time_positions(base, modality, i, t, inputs)[mine[:, 2]]
+            out.append(VisualItem(torch.stack([time, mine[:, 3] + off_r, mine[:, 4] + off_c]), max(h, w) // m))
         return out
 
     # ------------------------------------------------------------------ vision tower
 
     def vision_position_ids(self, m: int, regions: torch.Tensor) -> torch.Tensor:
         """(n * m*m, 2) [h, w] rotary positions of the kept units' patches, rows in pixel order."""
-        level, r, c = regions[:, 1], regions[:, 3], regions[:, 4]
-        off = (m * ((1 << (level - 1)) - 1)) // 2
+        r, c, bh, bw = regions[:, 3], regions[:, 4], regions[:, 5], regions[:, 6]
         mh = torch.arange(m).repeat_interleave(m)
         mw = torch.arange(m).repeat(m)
-        h = (m * r + off)[:, None] + mh[None]
-        w = (m * c + off)[:, None] + mw[None]
+        h = (m * r + (m * (bh - 1)) // 2)[:, None] + mh[None]
+        w = (m * c + (m * (bw - 1)) // 2)[:, None] + mw[None]
         return torch.stack([h.reshape(-1), w.reshape(-1)], 1)
 
     @staticmethod
@@ -171,7 +171,7 @@ class Qwen2VLFamily:
         Args:
             pixel_values: (n * m*m, D) pruned rows, in ``regions`` order.
             grid_thw: (num_items, 3) full grids.
-            regions: int64 (n, 5) validated (item, level, t, row, col).
+            regions: int64 (n, 7) validated (item, level, t, row, col, h, w).
         Returns:
             the tower output with ``pooler_output`` split into a tuple of (n_i, hidden) per item.
         """
@@ -206,8 +206,8 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
         m = self.merge_size(base)
         cfg = base.config.vision_config
         units = cfg.window_size // m // cfg.patch_size  # window side in units
-        off = _centre_offset(regions[:, 1])
-        wr, wc = (regions[:, 3] + off) // units, (regions[:, 4] + off) // units
+        off_r, off_c = _centre_offsets(regions)
+        wr, wc = (regions[:, 3] + off_r) // units, (regions[:, 4] + off_c) // units
         span = [int(x.max()) + 1 if len(x) else 1 for x in (regions[:, 2], wr, wc, regions[:, 3], regions[:, 4])]
         window = ((regions[:, 0] * span[0] + regions[:, 2]) * span[1] + wr) * span[2] + wc
         order = (window * span[3] + regions[:, 3]) * span[4] + regions[:, 4]

@@ -35,16 +35,16 @@ def _check_regions(
     """Validate a kept-regions tensor against its pixel rows and grids (``pixel_values`` /
     ``image_grid_thw`` for images, ``pixel_values_videos`` / ``video_grid_thw`` for videos).
 
-    Returns it as int64 CPU (n, 5). Raises ValueError/TypeError naming what does not match.
+    Returns it as int64 CPU (n, 7). Raises ValueError/TypeError naming what does not match.
     """
     key, pixel_key, grid_key, _ = _MODALITIES[modality]
     regions = torch.as_tensor(regions)
     if regions.dtype.is_floating_point or regions.dtype == torch.bool or regions.dtype.is_complex:
         raise TypeError(f"{key} must be an integer tensor, got dtype {regions.dtype}")
     regions = regions.to("cpu", torch.long)
-    if regions.ndim != 2 or regions.shape[1] != 5:
+    if regions.ndim != 2 or regions.shape[1] != 7:
         raise ValueError(
-            f"{key} must have shape (num_kept, 5) ({modality}, level, t, row, col), got {tuple(regions.shape)}"
+            f"{key} must have shape (num_kept, 7) ({modality}, level, t, row, col, h, w), got {tuple(regions.shape)}"
         )
     if pixel_values is None or grid_thw is None:
         raise ValueError(f"{key} needs the matching {pixel_key} and {grid_key}")
@@ -61,18 +61,25 @@ def _check_regions(
 
 
 def _check_blocks(regions: torch.Tensor, grid: torch.Tensor, merge_size: int, modality: str) -> None:
-    """Regions (n >= 1, 5) are aligned blocks inside their items' unit grids, sorted, not overlapping."""
+    """Regions (n >= 1, 7) are aligned blocks inside their items' unit grids, sorted, not overlapping;
+    each h x w of a shape ``select_patches`` makes (a square of its level, or one side twice the
+    other with the longer side's level)."""
     key, _, grid_key, _ = _MODALITIES[modality]
-    item, level, t, row, col = regions.unbind(1)
+    item, level, t, row, col, bh, bw = regions.unbind(1)
     if int(item.min()) < 0 or int(item.max()) >= grid.shape[0]:
         raise ValueError(f"{key} {modality} indices must be in [0, {grid.shape[0]}) (rows of {grid_key})")
     if int(level.min()) < 1 or int(level.max()) > 30:
         raise ValueError(f"{key} levels must be in [1, 30], got {int(level.min())}..{int(level.max())}")
+    side = 1 << (level - 1)
+    shaped = ((bh == side) & ((bw == side) | (2 * bw == side))) | ((bw == side) & (2 * bh == side))
+    if not bool(shaped.all()):
+        i = int((~shaped).nonzero()[0, 0])
+        raise ValueError(f"{key} row {i} {regions[i].tolist()}: h x w must be 2^(level-1) on a side and the "
+                         f"other side the same or half of it")
     g = grid[item]
-    b = 1 << (level - 1)
     hu, wu = g[:, 1] // merge_size, g[:, 2] // merge_size
-    bad = (t < 0) | (t >= g[:, 0]) | (row < 0) | (col < 0) | (row % b != 0) | (col % b != 0)
-    bad |= (row + b > hu) | (col + b > wu)
+    bad = (t < 0) | (t >= g[:, 0]) | (row < 0) | (col < 0) | (row % bh != 0) | (col % bw != 0)
+    bad |= (row + bh > hu) | (col + bw > wu)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
         raise ValueError(
@@ -86,12 +93,11 @@ def _check_blocks(regions: torch.Tensor, grid: torch.Tensor, merge_size: int, mo
     units = grid.prod(1) // (merge_size * merge_size)
     starts = torch.cumsum(units, 0) - units
     cells = []
-    for lv in level.unique().tolist():
-        sel = level == lv
-        d = torch.arange(1 << (lv - 1))
+    for h, w in torch.unique(regions[:, 5:], dim=0).tolist():
+        sel = (bh == h) & (bw == w)
         first = starts[item[sel]] + t[sel] * hu[sel] * wu[sel]
-        rr = row[sel][:, None, None] + d[None, :, None]
-        cc = col[sel][:, None, None] + d[None, None, :]
+        rr = row[sel][:, None, None] + torch.arange(h)[None, :, None]
+        cc = col[sel][:, None, None] + torch.arange(w)[None, None, :]
         cells.append((first[:, None, None] + rr * wu[sel][:, None, None] + cc).reshape(-1))
     cells = torch.cat(cells)
     if cells.unique().numel() != cells.numel():

@@ -53,10 +53,10 @@ _CAPTURE = threading.local()  # per thread, while an image processor prunes: ``r
 # resized images patchify was handed (rescaling and normalisation pass them through)
 
 REGIONS_KEY = "image_kept_regions"
-"""Processor output key: int64 (num_kept, 5) rows (image, level, t, row, col), row/col of the
-region's top-left unit in merge-unit coordinates, sorted by (image, t, row, col)."""
+"""Processor output key: int64 (num_kept, 7) rows (image, level, t, row, col, h, w), row/col of the
+region's top-left unit and its size (h x w) in merge units, sorted by (image, t, row, col)."""
 VIDEO_REGIONS_KEY = "video_kept_regions"
-"""Same for videos: rows (video, level, t, row, col), t = temporal patch index."""
+"""Same for videos: rows (video, level, t, row, col, h, w), t = temporal patch index."""
 _KEYS = {"images": REGIONS_KEY, "videos": VIDEO_REGIONS_KEY}
 
 
@@ -397,7 +397,7 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     The copy is an instance of a subclass of the wrapped class: same call signature,
     ``BatchFeature`` output, ``apply_chat_template``, ``batch_decode``, ``save_pretrained``;
     ``type(wrapped).from_pretrained(path, **settings)`` loads a pruning processor. Its output adds
-    ``image_kept_regions`` (int64 (num_kept, 5): image, level, t, row, col in merge units), prunes
+    ``image_kept_regions`` (int64 (num_kept, 7): image, level, t, row, col, h, w in merge units), prunes
     ``pixel_values`` to 4 rows per kept region, keeps the full ``image_grid_thw`` (with
     ``downscale``: the down-scaled image's), and (full
     processor) puts one ``<|image_pad|>`` per kept region; videos likewise with

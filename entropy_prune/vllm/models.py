@@ -64,7 +64,7 @@ def check_engine(vllm_config: Any) -> None:
 
 
 def _item_regions(regions: Any, counts: Any) -> list[torch.Tensor]:
-    """Per-item (n_i, 5) regions from a batch's concatenated field (item column as each HF call
+    """Per-item (n_i, 7) regions from a batch's concatenated field (item column as each HF call
     wrote it)."""
     regions = torch.cat(list(regions)) if isinstance(regions, (list, tuple)) else regions
     counts = torch.as_tensor([int(c) for c in counts]) if isinstance(counts, (list, tuple)) else counts

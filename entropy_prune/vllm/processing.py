@@ -1,8 +1,8 @@
 """vLLM multimodal processors that prune: the adapter's wrapped HF processor, kept regions as
 fields of each item, and one placeholder per kept region.
 
-Each image or video item carries ``{modality}_kept_regions`` (int64 (n_i, 5): item, level, t,
-row, col; the item column is rewritten on the model side, where items of several requests meet)
+Each image or video item carries ``{modality}_kept_regions`` (int64 (n_i, 7): item, level, t,
+row, col, h, w; the item column is rewritten on the model side, where items of several requests meet)
 and ``{modality}_kept_count`` (n_i), and its pixel rows are ``n_i * merge_size**2``. Items that
 keep every unit (method none or alpha 1, no tolerance) carry level-1 regions of the full grid and
 exactly the stock rows. Settings come from ``mm_processor_kwargs`` (engine-wide or per request) and are
@@ -64,7 +64,7 @@ def check_settings(given: Mapping[str, Any], where: str) -> None:
 
 
 def numbered(per_item: list[torch.Tensor]) -> torch.Tensor:
-    """(sum n_i, 5) regions of several items, each item's column 0 set to its index in the list
+    """(sum n_i, 7) regions of several items, each item's column 0 set to its index in the list
     (the column a single HF call wrote is stale once items of several calls meet)."""
     return torch.cat([torch.cat([torch.full_like(r[:, :1], i), r[:, 1:]], 1) for i, r in enumerate(per_item)])
 
