@@ -18,7 +18,9 @@ for that family: of every size the processor gives the image under some smaller 
 the one whose budget selection (``tolerance=0``) shows the image with the highest true RGB PSNR
 (least_error's choice made with the true error, over every size). Rows "core" are the core's
 own ``select_patches(..., downscale="least_error", tolerance=0)`` (Pillow's bicubic, each side a
-multiple of 28 px), shown by ``reconstruct`` (which brings it back to size bilinearly).
+multiple of 28 px), shown by ``reconstruct`` (which brings it back to size bilinearly). Rows
+"halves" and "core_halves" are "least_error" and "core" with ``shapes="halves"`` (regions may
+also split in two across either side, one squashed token each).
 Gains are in dB of PSNR over uniform (positive = the selection keeps more of the image); each
 row names its worst image. A second table does the same for small images (a few photographs
 resized to 16 x 16 down to 6 x 6 cells), where a quadtree has the least room.
@@ -49,7 +51,7 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text"]
 MODES = ("multiscale", "drop")
-ROWS = (*MODES, "downscale", "least_error", "core", "best_size")  # table order
+ROWS = (*MODES, "downscale", "least_error", "core", "halves", "core_halves", "best_size")  # table order
 SMALL_SOURCES = ("astronaut", "chelsea", "coffee")
 SMALL_CELLS = (16, 12, 8, 6)  # small images: n x n cells of 28 px, where a quadtree has least room
 
@@ -144,14 +146,17 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
         for mode in MODES:
             rand = select_patches(noise, "budget", alpha, mode=mode)
             rand_q = quality(img, reconstruct(img, rand, UNIT))
-            for rule in ("downscale", "least_error", "core", "best_size") if mode == "multiscale" else ():
+            for rule in ROWS[len(MODES):] if mode == "multiscale" else ():
+                shapes = "halves" if rule in ("halves", "core_halves") else "squares"
                 if rule == "best_size":
                     shown, tokens = best_size(img, alpha)
-                elif rule == "core":
-                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale="least_error")
+                elif rule in ("core", "core_halves"):
+                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale="least_error",
+                                         shapes=shapes)
                     shown, tokens = reconstruct(img, sel, UNIT), sel.num_tokens
                 else:
-                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule == "downscale" or rule, tolerance=0)
+                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule == "downscale" or "least_error",
+                                               tolerance=0, shapes=shapes)
                 uni, uni_tokens = uniform(img, tokens)
                 q, uq = quality(img, shown), quality(img, uni)
                 rows.append(dict(image=name, alpha=alpha, mode=rule, score="detail", tokens=tokens,

@@ -1,7 +1,7 @@
 """Time and peak memory of entropy maps (+ budget selection), ours vs two references; the default
 selection (detail score) alone, with ``tolerance=0`` and ``tolerance=4`` (compiled where numba is
-installed, and on the numpy path), with ``tolerance=0, downscale=True`` (documents) and with
-``downscale="least_error"`` (photographs).
+installed, and on the numpy path), with ``tolerance=0, downscale=True`` (documents), with
+``downscale="least_error"`` (photographs) and with ``shapes="halves"``.
 
     python -m benchmarks.bench_scores [--repeats 20] [--photos]
 
@@ -14,7 +14,7 @@ All run on one CPU thread on the same real photograph (skimage astronaut, resize
 call: the larger of the resident-memory high-water mark (VmHWM, reset just before the call;
 sees torch allocations) and tracemalloc's peak (exact for numpy allocations).
 
-``--photos`` adds the four default-selection rows on each of ``bench_fidelity``'s 18
+``--photos`` adds the five default-selection rows on each of ``bench_fidelity``'s 18
 photographs, resized (bicubic) to the first size: the median over photographs of each one's
 median time, and the slowest photograph. Removing predictable cells costs more on some content
 than on the astronaut.
@@ -144,12 +144,20 @@ def ours_downscale(img, downscale=True, tolerance=0):
                           downscale=downscale)
 
 
+def ours_halves(img):
+    """The default selection with regions that split in halves (``shapes="halves"``)."""
+    from entropy_prune import select_patches
+
+    return select_patches(img, "budget", 0.3, patch_size=P, num_scales=SCALES, shapes="halves")
+
+
 METHODS = {"ours: entropy_maps": ours_maps, "ours: maps + budget": ours_budget,
            "ours: detail budget": ours_default, "ours: + tolerance 0": ours_tolerance,
            "ours: + tolerance 4": functools.partial(ours_tolerance, tolerance=4),
            "ours: + tol 4, numpy": ours_tolerance_numpy,
            "ours: + tol0 downscale": ours_downscale,
            "ours: + least_error": functools.partial(ours_downscale, downscale="least_error", tolerance=None),
+           "ours: shapes=halves": ours_halves,
            "ref: one-hot": onehot_reference, "ref: torch.histc": histc_reference}
 
 
@@ -189,7 +197,8 @@ def measure(name: str, side: int, repeats: int) -> dict:
     return {"ms": median_ms(fn, img, repeats), "extra_mb": max(extra, 0) / 1024, "image_mb": img.nbytes / 2**20}
 
 
-SELECTIONS = ("ours: detail budget", "ours: + tolerance 0", "ours: + tolerance 4", "ours: + tol 4, numpy")
+SELECTIONS = ("ours: detail budget", "ours: + tolerance 0", "ours: + tolerance 4", "ours: + tol 4, numpy",
+              "ours: shapes=halves")
 
 
 def measure_photos(side: int, repeats: int) -> dict:
