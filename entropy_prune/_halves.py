@@ -89,21 +89,25 @@ def split_order(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Sha
     (False: wholly removed as predictable); a split that adds none is taken first. Splits stop at
     the first one that does not fit.
     """
-    def cost(r: int, c: int, shape: Shape) -> int:
-        return 1 if tokens is None else int(tokens[shape][r // shape[0], c // shape[1]])
-
+    # nested lists: indexing them is several times faster than numpy scalars, one lookup per push
+    table = {shape: tuple(a.tolist() for a in maps) for shape, maps in _split_table(errors, tokens).items()}
     heap = []
 
     def push(r: int, c: int, shape: Shape) -> None:
-        if cost(r, c, shape) and (split := _best_split(errors, cost, r, c, shape)) is not None:
-            heapq.heappush(heap, split)
+        if shape in table:
+            keys, sides, adds = table[shape]
+            i, j = r // shape[0], c // shape[1]
+            if keys[i][j] > -np.inf:  # a region that costs a token
+                half = _halves(shape)[sides[i][j]]
+                dr, dc = (half[0], 0) if sides[i][j] == 0 else (0, half[1])
+                heapq.heappush(heap, (-keys[i][j], -shape[0] * shape[1], r, c, adds[i][j], half, dr, dc))
 
     leaves = {(r, c): shape for r, c, shape in start}
-    spent = sum(cost(r, c, s) for r, c, s in start)
+    spent = sum(1 if tokens is None else int(tokens[s][r // s[0], c // s[1]]) for r, c, s in start)
     for r, c, shape in start:
         push(r, c, shape)
     while heap:
-        *_, r, c, _, added, half, dr, dc = heap[0]
+        *_, r, c, added, half, dr, dc = heap[0]
         if spent + added > budget:
             break
         heapq.heappop(heap)
@@ -115,19 +119,37 @@ def split_order(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Sha
     return [(r, c, s) for (r, c), s in leaves.items()]
 
 
-def _best_split(errors: dict[Shape, np.ndarray], cost, r: int, c: int, shape: Shape) -> tuple | None:
-    """The heap entry of the better side to split the region of ``shape`` at (r, c) (a token-costing
-    one): (-key, -area, r, c, side, tokens added, half shape, row and col offset of the second
-    half), key the error drop, inf where the split adds no token; None where it cannot split."""
-    best = None
-    for side, half in enumerate(_halves(shape)):
-        if half is None:
-            continue
-        dr, dc = (half[0], 0) if side == 0 else (0, half[1])
-        added = cost(r, c, half) + cost(r + dr, c + dc, half) - 1
-        drop = (errors[shape][r // shape[0], c // shape[1]] - errors[half][r // half[0], c // half[1]]
-                - errors[half][(r + dr) // half[0], (c + dc) // half[1]])
-        key = np.inf if added == 0 else float(drop)
-        if best is None or key > -best[0]:
-            best = (-key, -shape[0] * shape[1], r, c, side, added, half, dr, dc)
-    return best
+def _split_table(errors: dict[Shape, np.ndarray], tokens: dict[Shape, np.ndarray] | None
+                 ) -> dict[Shape, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per shape that splits, maps like ``errors[shape]`` of its better split: key (the error drop;
+    inf where the split adds no token; -inf where the region costs none), side (0: across rows,
+    1: across columns; rows where equal) and tokens added."""
+    table = {}
+    for shape, err in errors.items():
+        h, w = shape
+        rh, cw = err.shape
+        own = np.ones(err.shape, dtype=np.int64) if tokens is None else tokens[shape].astype(np.int64)
+        best = None
+        for side, half in enumerate(_halves(shape)):
+            if half is None:
+                continue
+            if side == 0:  # the two halves of every region, in the halves' map
+                first, second = ((slice(k, 2 * rh, 2), slice(0, cw)) for k in (0, 1))
+            else:
+                first, second = ((slice(0, rh), slice(k, 2 * cw, 2)) for k in (0, 1))
+            drop = err - errors[half][first] - errors[half][second]
+            if tokens is None:
+                added = np.ones(err.shape, dtype=np.int64)
+            else:
+                t = tokens[half].astype(np.int64)
+                added = t[first] + t[second] - 1
+            key = np.where(own == 0, -np.inf, np.where(added == 0, np.inf, drop))
+            if best is None:
+                best = (key, np.full(err.shape, side), added)
+            else:
+                better = key > best[0]
+                best = (np.where(better, key, best[0]), np.where(better, side, best[1]),
+                        np.where(better, added, best[2]))
+        if best is not None:
+            table[shape] = best
+    return table
