@@ -294,7 +294,12 @@ def _gray_levels(arr: np.ndarray, p: int, rng: tuple[float, float]) -> np.ndarra
             g *= 255.0 / (rng[1] - rng[0])
         return g
     if arr.ndim == 3 and arr.shape[-1] >= 3:
-        g = arr[..., :3].astype(np.float32) @ _LUMA_8BIT  # multiples of 2^-14 below 2^8: exact
+        if arr.strides[-1] == arr.itemsize:  # channels-last memory
+            g = arr[..., :3].astype(np.float32) @ _LUMA_8BIT  # multiples of 2^-14 below 2^8: exact
+        else:  # planes (a channels-first image seen channels-last): a plane at a time, the same exact sums
+            g = arr[..., 0].astype(np.float32) * _LUMA_8BIT[0]
+            for c in (1, 2):
+                g += arr[..., c].astype(np.float32) * _LUMA_8BIT[c]
         g += np.float32(0.5)
         np.floor(g, out=g)
     else:

@@ -375,3 +375,19 @@ def test_most_bins_on_a_tall_image_take_bounded_memory():
     assert peak < 80 * 2**20, f"extra peak {peak / 2**20:.0f} MiB"
     corner = reference_entropy(img[-112 - 4000 % 112:, -224 - 1000 % 112:], 28, 3, 4096)
     np.testing.assert_allclose(maps[2][-1:, -2:], corner[-1:, -2:], atol=1e-9)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_luma_of_planes_is_the_fixed_point_luma(channels):
+    """Channels-first 8-bit images seen channels-last (planes) take their luma a plane at a time:
+    every (r, g, b) value of the first two channels against a few of the third, both layouts."""
+    r, g = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    planes = [r, g] + [np.full_like(r, v) for v in (0, 1, 128, 255)[: channels - 2]]
+    for b in (0, 77, 255):
+        planes[2] = np.full_like(r, b)
+        chw = np.ascontiguousarray(np.stack(planes).astype(np.uint8))
+        view = np.moveaxis(chw, 0, -1)
+        assert view.strides[-1] != view.itemsize  # the planar path
+        got = scores._gray_levels(view, 28, (0.0, 255.0))
+        np.testing.assert_array_equal(got, reference_gray_levels(np.ascontiguousarray(view)))
+        np.testing.assert_array_equal(got, scores._gray_levels(np.ascontiguousarray(view), 28, (0.0, 255.0)))
