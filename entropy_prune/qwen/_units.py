@@ -30,6 +30,18 @@ def pool_sums(frames: torch.Tensor, unit_px: int, wide: torch.dtype) -> torch.Te
     return rows[..., 0::2] + rows[..., 1::2]  # contiguous: faster to gather from and pool again
 
 
+def block_sums(x: torch.Tensor, h: int, w: int, wide: torch.dtype) -> torch.Tensor:
+    """(..., s h, s w) pixels -> (..., s, s) their sums over h x w px blocks, in dtype ``wide``: strided
+    adds of rows, then of columns (several times faster than a sum over unflattened axes)."""
+    rows = x[..., 0::h, :].to(wide, copy=True)
+    for i in range(1, h):
+        rows += x[..., i::h, :] if x.dtype in _PROMOTES or x.dtype == wide else x[..., i::h, :].to(wide)
+    out = rows[..., 0::w].clone()
+    for j in range(1, w):
+        out += rows[..., j::w]
+    return out
+
+
 def unit_blocks(frames: torch.Tensor, r: np.ndarray, c: np.ndarray, s: int, sw: int | None = None) -> torch.Tensor:
     """(F, C, H, W) frames -> (K, F, C, s, sw): the s x sw px blocks (sw None: s) at block rows r,
     cols c (K,)."""
@@ -92,9 +104,8 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
     start = 0
     for h, w in (np.unique(sizes[oblong], axis=0).tolist() if oblong.any() else []):
         pick = order[start : start + int((oblong & (sizes[:, 0] == h) & (sizes[:, 1] == w)).sum())]
-        blocks = unit_blocks(frames, regions[pick, 1] // h, regions[pick, 2] // w, s * h, s * w)
-        wide = blocks.to(sum_dtype(frames.dtype, max(h, w).bit_length()))  # (K, F, C, s h, s w)
-        sums = wide.unflatten(-1, (s, w)).unflatten(-3, (s, h)).sum((-3, -1))
+        blocks = unit_blocks(frames, regions[pick, 1] // h, regions[pick, 2] // w, s * h, s * w)  # (K, F, C, s h, s w)
+        sums = block_sums(blocks, h, w, sum_dtype(frames.dtype, max(h, w).bit_length()))
         torch.mul(sums, 1.0 / (h * w), out=units[start : start + len(pick)])
         start += len(pick)
     top = int(regions[~oblong, 0].max(initial=1))
