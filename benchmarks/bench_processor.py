@@ -2,8 +2,8 @@
 
     python -m benchmarks.bench_processor [--sizes 1 4] [--backends pil torchvision]
                                          [--photo astronaut|page] [--alpha 0.3] [--repeats 30]
-                                         [--tolerance T] [--downscale [least_error]] [--fresh-processes N]
-                                         [--without-numba]
+                                         [--tolerance T] [--downscale [least_error]] [--shapes halves]
+                                         [--fresh-processes N] [--without-numba]
 
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
 measurement, stock vs ``wrap_processor(stock, "budget", alpha)`` (default score), for each
@@ -13,7 +13,7 @@ only*, is the wrapped one with the stock ``process_image`` (a channels-first cop
 resizing): the cost of pruning alone, without the wrapped processor's faster resize.
 ``--photo page`` takes a rendered text page instead of a photograph; ``--tolerance`` and
 ``--downscale`` (``downscale=True``; ``--downscale least_error``: ``downscale="least_error"``)
-add those settings to the wrapped processor. Calls
+and ``--shapes halves`` add those settings to the wrapped processor. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
 after 2 warm-up rounds, all in this process, torch at its default thread count. Where numba is
 installed the library runs its compiled kernels, and with torchvision a fourth processor, prune
@@ -160,7 +160,8 @@ def fresh_processes(args) -> None:
 def settings(args) -> dict:
     """The wrapped processor's settings besides method and alpha, from the command line."""
     return {**({} if args.tolerance is None else {"tolerance": args.tolerance}),
-            **({"downscale": setup.DOWNSCALE[args.downscale]} if args.downscale else {})}
+            **({"downscale": setup.DOWNSCALE[args.downscale]} if args.downscale else {}),
+            **({"shapes": args.shapes} if args.shapes != "squares" else {})}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tolerance", type=float, default=None, help="the wrapped processor's tolerance")
     parser.add_argument("--downscale", nargs="?", const="fit", choices=list(setup.DOWNSCALE),
                         help="the wrapped processor's downscale=True (fit) or downscale='least_error'")
+    parser.add_argument("--shapes", choices=["squares", "halves"], default="squares",
+                        help="the wrapped processor's region shapes")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
                         help="also time each processor alone in this many fresh processes")
     parser.add_argument("--without-numba", action="store_true",
