@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from skimage import data
 from strategies import images
+from test_main import run as run_main_job
 
 from entropy_prune import reconstruct, select_patches
-from entropy_prune.__main__ import main
 from entropy_prune._halves import region_errors, region_shapes, split_order
 from entropy_prune._image import check_image
 from entropy_prune.scores import _gray_levels
@@ -260,21 +260,12 @@ def test_halves_need_the_image():
 
 def test_main_job_selects_in_halves(tmp_path, capsys):
     out = tmp_path / "sel.png"
-    code, text, _ = run_main(["--shapes", "halves", "--out", str(out)], capsys)
+    code, text, _ = run_main_job(["--shapes", "halves", "--out", str(out)], capsys)
     assert code == 0 and "budget rows shapes='halves'" in text.splitlines()[0]
     assert "budget      0.3   detail      77    256  30.1%" in text  # exactly the budget, floor(0.3 * 256 + 0.5)
     assert text.splitlines()[-1] == f"budget alpha=0.3 shapes='halves' score=detail: 77 of 256 tokens -> wrote {out}"
-    code, text, err = run_main(["--shapes", "halves", "--mode", "drop", "--out", str(out)], capsys)
+    code, text, err = run_main_job(["--shapes", "halves", "--mode", "drop", "--out", str(out)], capsys)
     assert code == 2 and not text and "argument --shapes: shapes='halves' needs method 'budget'" in err
-
-
-def run_main(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_legend_counts_each_shape():
