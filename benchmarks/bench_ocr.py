@@ -1,7 +1,7 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
     python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
-                                   [--tolerance T] [--downscale [least_error]] [--jobs 2]
+                                   [--tolerance T] [--downscale [least_error]] [--shapes halves] [--jobs 2]
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
@@ -18,6 +18,7 @@ the resized size:
             processor's ``downscale=True``: the page shrunk until its unremoved units fit the
             budget, selected there, shown by ``reconstruct`` and scaled back up (bilinear);
             ``--downscale least_error``: its ``downscale="least_error"`` (the size of least error);
+            ``--shapes halves``: regions may also split in halves (the library condition only);
   entropy - the same with score="entropy", its budget searched so its count equals the library's;
   uniform - Qwen's own down-scaling: smart_resize at the largest max_pixels whose grid has at most
             the library's token count, bicubic down, bilinear back up;
@@ -191,7 +192,7 @@ def conditions(img: np.ndarray, alpha: float, seed: int = 0, downscale: bool | s
         lib = select_patches(img, "budget", alpha, **library)
         shown = reconstruct(img, lib, UNIT), lib.num_tokens
     tokens = shown[1]
-    ent = matched(img, tokens, cells, score="entropy", **library)
+    ent = matched(img, tokens, cells, score="entropy", **{k: v for k, v in library.items() if k != "shapes"})
     rng = np.random.default_rng(seed)
     noise = [rng.random(np.asarray(m).shape) for m in detail_maps(img, UNIT)]
     rand = matched(noise, tokens, cells)
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--downscale", nargs="?", const="fit", choices=list(DOWNSCALE),
                         help="the library condition as the wrapped processor's downscale=True (fit) or "
                              "downscale='least_error'")
+    parser.add_argument("--shapes", choices=["squares", "halves"], default="squares",
+                        help="the library's region shapes (the entropy and random conditions keep squares)")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -382,6 +385,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     library = {} if args.tolerance is None else {"tolerance": args.tolerance}
     if args.downscale:
         library["downscale"] = DOWNSCALE[args.downscale]
+    if args.shapes != "squares":
+        library["shapes"] = args.shapes
     start = time.perf_counter()
     jobs = [(s, name) for s in specs for name in resizes]
     with ThreadPoolExecutor(args.jobs) as pool:

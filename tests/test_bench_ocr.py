@@ -15,7 +15,7 @@ import torch
 
 from benchmarks import bench_ocr as bo
 from benchmarks._documents import Region, render_page
-from entropy_prune import select_patches
+from entropy_prune import reconstruct, select_patches
 from entropy_prune.qwen._downscale import shrink_and_select
 from entropy_prune.qwen._prune import removed_units
 
@@ -148,3 +148,14 @@ def test_jobs_below_one_are_refused(capsys):
     with pytest.raises(SystemExit):
         bo.main(["--jobs", "0"])
     assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_halves_apply_to_the_library_condition_only():
+    page = render_page("body", 560, 448, 12)
+    img = bo.qwen_resize(page.image, bo.RESIZES["checkpoint"])
+    cond = bo.conditions(img, 0.3, shapes="halves", tolerance=0)
+    sel = select_patches(img, "budget", 0.3, shapes="halves", tolerance=0)
+    assert np.array_equal(cond["library"][0], reconstruct(img, sel, bo.UNIT)) and cond["library"][1] == sel.num_tokens
+    assert (sel.sizes[:, 0] != sel.sizes[:, 1]).any()
+    for other in ("entropy", "random"):  # squares, matched to the library's count (multiscale: up to 2 short)
+        assert sel.num_tokens - 2 <= cond[other][1] <= sel.num_tokens
