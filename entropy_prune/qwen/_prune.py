@@ -5,7 +5,9 @@ Video selection: one per temporal patch (a row holds ``temporal_patch_size`` con
 a region's score is the larger of its scores on the frames of the pair. With
 ``temporal_threshold`` set, scores are also scaled by ``min(1, change / temporal_threshold)``,
 ``change`` = the region's mean absolute luma change (in [0, 1] units) from the previous temporal
-patch, so regions that barely changed score low and cost fewer tokens.
+patch, so regions that barely changed score low and cost fewer tokens. With ``shapes="halves"``
+the per-shape squared errors take the place of scores (the larger over the frames) and are scaled
+by the square of that factor, as a score is the root of such an error.
 """
 
 from __future__ import annotations
