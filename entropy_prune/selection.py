@@ -741,8 +741,20 @@ def select_patches(
         return _predictable(arr, sm.patch_size, _tolerance_units(tol or 0.0, rng), sm.partial.shape)
 
     if rule:
-        return _downscaled(*check_image(image, channels_first, value_range), sm, rule, a, mode, tol)
+        arr, rng = check_image(image, channels_first, value_range)
+        return _downscaled(arr, rng, sm.patch_size, rule, a, tol, _budget_on_maps(arr, rng, sm, mode, tol))
     return _select_maps(sm, method, a, thresholds, mode, tol, predictable)
+
+
+def _budget_on_maps(arr: np.ndarray, rng: tuple[float, float], sm: ScoreMaps, mode: str, tol: float | None):
+    """(x, alpha, predictable) -> the budget Selection of image ``arr`` (its maps ``sm``) or of a
+    shrunk copy x of it (scored again), for :func:`_downscaled`."""
+    def select_at(x: np.ndarray, alpha: float, predictable: Callable[[], np.ndarray]) -> Selection:
+        maps = sm if x is arr else score_maps(x, sm.score, patch_size=sm.patch_size, num_scales=len(sm.levels),
+                                              value_range=rng)
+        return _select_maps(maps, "budget", alpha, None, mode, tol, predictable)
+
+    return select_at
 
 
 def _halves_image(arr: np.ndarray, rng: tuple[float, float], p: int, num_scales: int, a: float,
@@ -750,33 +762,30 @@ def _halves_image(arr: np.ndarray, rng: tuple[float, float], p: int, num_scales:
     """:func:`select_patches` with ``shapes="halves"`` on a checked channels-last image."""
     if arr.ndim > 3:
         raise ValueError(f"select_patches takes one image at a time, got a batch of shape {arr.shape[:-3]}")
-    grid = (-(-arr.shape[0] // p), -(-arr.shape[1] // p))
     if rule:
-        sm = ScoreMaps((np.zeros(grid),), arr.shape[:2], p, "detail")  # the grid only: halves measure their own error
-        return _downscaled(arr, rng, sm, rule, a, "multiscale", tol, num_scales)
+        return _downscaled(arr, rng, p, rule, a, tol,
+                           lambda x, alpha, predictable: _halves_selection(x, rng, p, num_scales, alpha, tol,
+                                                                           predictable))
+    grid = (-(-arr.shape[0] // p), -(-arr.shape[1] // p))
     return _halves_selection(arr, rng, p, num_scales, a, tol,
                              lambda: _predictable(arr, p, _tolerance_units(tol or 0.0, rng), grid))
 
 
-def _downscaled(arr: np.ndarray, rng: tuple[float, float], sm: ScoreMaps, rule: bool | str, alpha: float, mode: str,
-                tol: float | None, halves: int | None = None) -> Selection:
-    """:func:`select_patches` with ``downscale=rule`` on a checked channels-last image and its score
-    maps; ``halves``: shapes="halves" at that num_scales (``sm`` then only gives the grid)."""
+def _downscaled(arr: np.ndarray, rng: tuple[float, float], p: int, rule: bool | str, alpha: float, tol: float | None,
+                select_at: Callable[[np.ndarray, float, Callable[[], np.ndarray]], Selection]) -> Selection:
+    """:func:`select_patches` with ``downscale=rule`` on a checked channels-last image with p px cells;
+    ``select_at(x, alpha, predictable)`` is the budget selection of a (shrunk) image x."""
     from ._downscale import Shrink, luma_error, shrink_and_select, size_under  # imports reconstruct, which imports this
     from ._resample import resize
 
-    p, (h, w), num_scales = sm.patch_size, arr.shape[:2], len(sm.levels)
+    h, w = arr.shape[:2]
 
     def removed(x: np.ndarray, tolerance: float | None = tol) -> np.ndarray | None:
         grid = (-(-x.shape[0] // p), -(-x.shape[1] // p))
         return None if tolerance is None else _predictable(x, p, _tolerance_units(tolerance, rng), grid)
 
     def select(x: np.ndarray, a: float, gone: np.ndarray | None) -> Selection:
-        predictable = lambda: removed(x, 0.0) if gone is None else gone  # noqa: E731
-        if halves is not None:
-            return _halves_selection(x, rng, p, halves, a, tol, predictable)
-        maps = sm if x is arr else score_maps(x, sm.score, patch_size=p, num_scales=num_scales, value_range=rng)
-        return _select_maps(maps, "budget", a, None, mode, tol, predictable)
+        return select_at(x, a, lambda: removed(x, 0.0) if gone is None else gone)
 
     def luma(x: np.ndarray) -> np.ndarray:
         return (gray(x) - np.float32(rng[0])) * np.float32(255.0 / (rng[1] - rng[0]))
