@@ -401,11 +401,12 @@ def _speculate(grid: np.ndarray, tol: float, gaps: tuple[np.ndarray, ...]) -> tu
     return rule, ok
 
 
-def _coarsest_tiling(maps: list[np.ndarray]) -> np.ndarray:
-    """Label map of the tiling that uses the coarsest whole block around every cell."""
-    label = np.ones(maps[0].shape, dtype=np.int8)
-    for k in range(len(maps), 1, -1):
-        exists = cells_to_pixels(np.ones(maps[k - 1].shape, dtype=bool), 1 << (k - 1), label.shape, False)
+def _coarsest_tiling(shapes: list[tuple[int, int]]) -> np.ndarray:
+    """Label map of the tiling that uses the coarsest whole block around every cell, from each
+    level's grid shape (level 1 first)."""
+    label = np.ones(shapes[0], dtype=np.int8)
+    for k in range(len(shapes), 1, -1):
+        exists = cells_to_pixels(np.ones(shapes[k - 1], dtype=bool), 1 << (k - 1), label.shape, False)
         label[exists & (label == 1)] = k
     return label
 
@@ -437,8 +438,8 @@ def _budget_tiling(maps: list[np.ndarray], budget: int, predicted: np.ndarray) -
     """Split regions of the coarsest tiling in descending order of score per token added, while
     the tokens fit: a split adds 3 tokens, or fewer where children are wholly ``predicted``
     (bool, base grid) and cost none; a wholly predicted split is free."""
-    label = _coarsest_tiling(maps)
     shapes = [m.shape for m in maps]
+    label = _coarsest_tiling(shapes)
     tokens = [c > 0 for c in _block_counts(predicted, shapes)]  # does a block cost a token?
     start = sum(int((t & (label[:: 1 << k, :: 1 << k][: t.shape[0], : t.shape[1]] == k + 1)).sum())
                 for k, t in enumerate(tokens))
@@ -535,7 +536,7 @@ def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[i
     shapes = [(rows, cols)] + [(whole[0] >> k, whole[1] >> k) for k in range(1, num_scales)]
     removed = predictable() if tolerance is not None else np.zeros((rows, cols), dtype=bool)
     budget = math.floor(a * rows * cols + 0.5)
-    label = _coarsest_tiling([np.empty(s) for s in shapes])
+    label = _coarsest_tiling(shapes)
     start = []
     for k, (rk, ck) in enumerate(shapes, 1):
         b = 1 << (k - 1)
@@ -547,7 +548,6 @@ def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[i
         tokens = {s: shown[: e.shape[0] * s[0], : e.shape[1] * s[1]].reshape(e.shape[0], s[0], e.shape[1], s[1])
                   .any((1, 3)) for s, e in errors.items()}
         tokens[1, 1] = ~removed
-    met = sum(1 if tokens is None else int(tokens[s][r // s[0], c // s[1]]) for r, c, s in start) <= budget
     leaves = _halves.split_order(errors, start, budget, tokens)
     kept = np.array([(r, c, *s) for r, c, s in leaves
                      if tokens is None or tokens[s][r // s[0], c // s[1]]], dtype=np.int64).reshape(-1, 4)
@@ -560,8 +560,10 @@ def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[i
         if hh == ww:
             masks[k - 1][r // hh, c // ww] = True
     regions = np.column_stack([levels, kept[:, :2]])
+    # splits never pass the budget, so more tokens than it means the coarsest tiling already did
     return _frozen(label, masks, regions, np.ascontiguousarray(kept[:, 2:]), removed, method="budget",
-                   mode="multiscale", budget=budget, budget_met=met, threshold=None, tolerance=tolerance)
+                   mode="multiscale", budget=budget, budget_met=len(kept) <= budget, threshold=None,
+                   tolerance=tolerance)
 
 
 def _check_method(method: Any, alpha: Any, mode: Any) -> tuple[str, float | None]:
