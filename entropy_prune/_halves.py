@@ -14,6 +14,8 @@ import heapq
 
 import numpy as np
 
+from .scores import _gray_levels
+
 Shape = tuple[int, int]
 
 
@@ -70,6 +72,13 @@ def region_errors(gray: np.ndarray, p: int, num_scales: int, exact: bool = False
         err[err <= 1e-9 * total] = 0.0
         out[h, w] = err
     return out
+
+
+def image_errors(arr: np.ndarray, p: int, num_scales: int, rng: tuple[float, float]) -> dict[Shape, np.ndarray]:
+    """:func:`region_errors` of a checked channels-last image (values spanning ``rng``), on the
+    detail score's gray levels (8-bit luma: exact integers, summed in float32)."""
+    g = _gray_levels(arr, p, rng)  # float32 only for 8-bit luma, which is integer
+    return region_errors(g, p, num_scales, exact=g.dtype == np.float32)
 
 
 def _cell_squares(x: np.ndarray, rows: int, p: int, cols: int, q: int) -> np.ndarray:

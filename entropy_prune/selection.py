@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _compiled, _halves
 from ._image import cells_to_pixels, check_image, check_int, check_real, gray, is_torch, to_numpy
-from .scores import SCORES, ScoreMaps, _gray_levels, score_maps
+from .scores import SCORES, ScoreMaps, score_maps
 
 __all__ = ["METHODS", "MODES", "SHAPES", "Selection", "check_settings", "default_score", "select_patches"]
 
@@ -520,9 +520,8 @@ def _halves_selection(arr: np.ndarray, rng: tuple[float, float], p: int, num_sca
                       tolerance: float | None, predictable: Callable[[], np.ndarray]) -> Selection:
     """:func:`select_patches` with ``shapes="halves"`` (method "budget", multiscale) on a checked
     channels-last image, by the error of each region in the detail score's gray levels."""
-    g = _gray_levels(arr, p, rng)  # float32 only for 8-bit luma, which is integer
-    errors = _halves.region_errors(g, p, num_scales, exact=g.dtype == np.float32)
-    return _halves_from_errors(errors, arr.shape[:2], p, num_scales, a, tolerance, predictable)
+    return _halves_from_errors(_halves.image_errors(arr, p, num_scales, rng), arr.shape[:2], p, num_scales, a,
+                               tolerance, predictable)
 
 
 def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[int, int], p: int, num_scales: int,

@@ -19,7 +19,7 @@ from transformers import BatchFeature
 
 from .. import _halves
 from .._image import BT601
-from ..scores import _gray_levels, score_maps
+from ..scores import score_maps
 from ..selection import _check_method, _check_tolerance, _halves_from_errors, _predictable, _select_maps, default_score
 from ._compat import NORM_KEYS
 from ._downscale import shrink_and_select
@@ -136,9 +136,8 @@ def _halves_maps(images: list[np.ndarray], unit_px: int, num_scales: int) -> lis
     error as one token (:func:`entropy_prune._halves.region_errors`), the largest over the frames."""
     out = None
     for image in images:
-        pixels = np.moveaxis(image, 0, -1)
-        g = _gray_levels(pixels, unit_px, (0.0, 255.0) if image.dtype == np.uint8 else (0.0, 1.0))
-        errors = _halves.region_errors(g, unit_px, num_scales, exact=g.dtype == np.float32)
+        rng = (0.0, 255.0) if image.dtype == np.uint8 else (0.0, 1.0)
+        errors = _halves.image_errors(np.moveaxis(image, 0, -1), unit_px, num_scales, rng)
         out = errors if out is None else {s: np.maximum(out[s], e) for s, e in errors.items()}
     return list(out.items())
 
