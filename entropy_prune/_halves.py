@@ -53,19 +53,15 @@ def region_errors(gray: np.ndarray, p: int, num_scales: int, exact: bool = False
     g = g.astype(np.float32 if exact and num_scales <= 3 else np.float64, copy=False)
     energy = _cell_squares(g, rows, p, cols, p)  # (rows, cols) sums of squares
     sums: dict[Shape, np.ndarray] = {(1, 1): g}  # h x w px block sums over the cells the regions cover
-    out = {}
-    for h, w in region_shapes(num_scales):
+    out = {(1, 1): np.zeros((rows, cols))}
+    for h, w in region_shapes(num_scales)[1:]:  # (1, 1) first
         rh, cw = rows // h, cols // w
-        if (h, w) != (1, 1):
-            if h > 1 and (h // 2, w) in sums:  # pair rows of the half-height blocks
-                src = sums[h // 2, w][: rh * p * 2, : cw * p]
-                sums[h, w] = src[0::2] + src[1::2]
-            else:  # pair columns of the half-width blocks
-                src = sums[h, w // 2][: rh * p, : cw * p * 2]
-                sums[h, w] = src[:, 0::2] + src[:, 1::2]
-        if (h, w) == (1, 1):
-            out[h, w] = np.zeros((rows, cols))
-            continue
+        if h > 1 and (h // 2, w) in sums:  # pair rows of the half-height blocks
+            src = sums[h // 2, w][: rh * p * 2, : cw * p]
+            sums[h, w] = src[0::2] + src[1::2]
+        else:  # pair columns of the half-width blocks
+            src = sums[h, w // 2][: rh * p, : cw * p * 2]
+            sums[h, w] = src[:, 0::2] + src[:, 1::2]
         shown = _cell_squares(sums[h, w], rh, p, cw, p) / (h * w)
         total = energy[: rh * h, : cw * w].reshape(rh, h, cw, w).sum((1, 3))
         err = total - shown

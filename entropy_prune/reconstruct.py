@@ -69,10 +69,12 @@ def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, 
 def _oblong_masks(selection: Selection) -> dict[tuple[int, int], np.ndarray]:
     """(h, w) -> bool (rows // h, cols // w): where a kept region of h x w cells, h != w, is that block."""
     rows, cols = selection.label_map.shape
+    sizes, corners = selection.sizes, selection.regions[:, 1:]
     out = {}
-    for (h, w), r, c in zip(selection.sizes.tolist(), *selection.regions[:, 1:].T.tolist(), strict=True):
-        if h != w:
-            out.setdefault((h, w), np.zeros((rows // h, cols // w), dtype=bool))[r // h, c // w] = True
+    for h, w in np.unique(sizes[sizes[:, 0] != sizes[:, 1]], axis=0).tolist():
+        r, c = corners[(sizes[:, 0] == h) & (sizes[:, 1] == w)].T
+        out[h, w] = np.zeros((rows // h, cols // w), dtype=bool)
+        out[h, w][r // h, c // w] = True
     return out
 
 
