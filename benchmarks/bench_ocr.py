@@ -59,6 +59,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from benchmarks._documents import Region, render_page
 from benchmarks._qwen_setup import DOWNSCALE, downscaled
 from entropy_prune import detail_maps, reconstruct, select_patches
+from entropy_prune.selection import SHAPES
 
 UNIT = 28  # px per LLM token side in Qwen2-VL (14 px patches, 2 x 2 merge)
 MIN_PIXELS = 56 * 56
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--downscale", nargs="?", const="fit", choices=list(DOWNSCALE),
                         help="the library condition as the wrapped processor's downscale=True (fit) or "
                              "downscale='least_error'")
-    parser.add_argument("--shapes", choices=["squares", "halves"], default="squares",
+    parser.add_argument("--shapes", choices=SHAPES, default="squares",
                         help="the library's region shapes (the entropy and random conditions keep squares)")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")
     args = parser.parse_args(argv)

@@ -41,6 +41,7 @@ from benchmarks import _qwen_setup as setup
 from entropy_prune import _compiled
 from entropy_prune.qwen import wrap_processor
 from entropy_prune.qwen.processing import _PruningImageProcessor
+from entropy_prune.selection import SHAPES
 
 
 def timed(fn) -> tuple[float, object]:
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tolerance", type=float, default=None, help="the wrapped processor's tolerance")
     parser.add_argument("--downscale", nargs="?", const="fit", choices=list(setup.DOWNSCALE),
                         help="the wrapped processor's downscale=True (fit) or downscale='least_error'")
-    parser.add_argument("--shapes", choices=["squares", "halves"], default="squares",
+    parser.add_argument("--shapes", choices=SHAPES, default="squares",
                         help="the wrapped processor's region shapes")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
                         help="also time each processor alone in this many fresh processes")
