@@ -14,6 +14,7 @@ import heapq
 
 import numpy as np
 
+from . import _compiled
 from .scores import _gray_levels
 
 Shape = tuple[int, int]
@@ -51,9 +52,8 @@ def region_errors(gray: np.ndarray, p: int, num_scales: int, exact: bool = False
     # 8-bit levels in float32: block sums of up to 16 px and their squares are exact integers
     # below 2^24; every sum over a cell or region is taken in float64.
     g = g.astype(np.float32 if exact and num_scales <= 3 else np.float64, copy=False)
-    energy = _cell_squares(g, rows, p, cols, p)  # (rows, cols) sums of squares
     sums: dict[Shape, np.ndarray] = {(1, 1): g}  # h x w px block sums over the cells the regions cover
-    out = {(1, 1): np.zeros((rows, cols))}
+    squares = {}
     for h, w in region_shapes(num_scales)[1:]:  # (1, 1) first
         rh, cw = rows // h, cols // w
         if h > 1 and (h // 2, w) in sums:  # pair rows of the half-height blocks
@@ -62,9 +62,18 @@ def region_errors(gray: np.ndarray, p: int, num_scales: int, exact: bool = False
         else:  # pair columns of the half-width blocks
             src = sums[h, w // 2][: rh * p, : cw * p * 2]
             sums[h, w] = src[:, 0::2] + src[:, 1::2]
-        shown = _cell_squares(sums[h, w], rh, p, cw, p) / (h * w)
+        squares[h, w] = _cell_squares(sums[h, w], rh, p, cw, p)
+    return _errors(_cell_squares(g, rows, p, cols, p), squares)
+
+
+def _errors(energy: np.ndarray, squares: dict[Shape, np.ndarray]) -> dict[Shape, np.ndarray]:
+    """:func:`region_errors` from float64 per-cell sums of squared gray levels (rows, cols) and, per
+    region shape (h, w) but (1, 1), each region's sum of squared h x w px block sums."""
+    out = {(1, 1): np.zeros(energy.shape)}
+    for (h, w), sq in squares.items():
+        rh, cw = sq.shape
         total = energy[: rh * h, : cw * w].reshape(rh, h, cw, w).sum((1, 3))
-        err = total - shown
+        err = total - sq / (h * w)
         err[err <= 1e-9 * total] = 0.0
         out[h, w] = err
     return out
@@ -72,7 +81,10 @@ def region_errors(gray: np.ndarray, p: int, num_scales: int, exact: bool = False
 
 def image_errors(arr: np.ndarray, p: int, num_scales: int, rng: tuple[float, float]) -> dict[Shape, np.ndarray]:
     """:func:`region_errors` of a checked channels-last image (values spanning ``rng``), on the
-    detail score's gray levels (8-bit luma: exact integers, summed in float32)."""
+    detail score's gray levels (8-bit luma: exact integers, summed in one compiled pass where numba
+    runs, else in float32)."""
+    if (compiled := _compiled.region_sums(arr, p, rng, num_scales)) is not None:
+        return _errors(*compiled)
     g = _gray_levels(arr, p, rng)  # float32 only for 8-bit luma, which is integer
     return region_errors(g, p, num_scales, exact=g.dtype == np.float32)
 
@@ -94,34 +106,64 @@ def split_order(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Sha
     (False: wholly removed as predictable); a split that adds none is taken first. Splits stop at
     the first one that does not fit.
     """
+    leaf = split_leaves(errors, start, budget, tokens)
+    return [(int(i) * s[0], int(j) * s[1], s) for k, s in enumerate(errors)
+            for i, j in zip(*np.nonzero(leaf[k]), strict=True)]
+
+
+def split_leaves(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Shape]], budget: int,
+                 tokens: dict[Shape, np.ndarray] | None = None) -> np.ndarray:
+    """:func:`split_order`'s leaves as bool (len(errors), R, C), R x C cells the ``start`` regions
+    cover: [k, row // h, col // w] for a leaf at (row, col) of the k-th shape (h, w) of ``errors``.
+    The walk runs compiled where numba runs, else in Python; the same leaves."""
+    table = _split_table(errors, tokens)
+    spent = sum(1 if tokens is None else int(tokens[s][r // s[0], c // s[1]]) for r, c, s in start)
+    shapes = list(errors)
+    index = {s: k for k, s in enumerate(shapes)}
+    size = (max(r + s[0] for r, _, s in start), max(c + s[1] for _, c, s in start)) if start else (0, 0)
+    leaf = np.zeros((len(shapes), *size), dtype=bool)
+    for r, c, s in start:
+        leaf[index[s], r // s[0], c // s[1]] = True
+    key = np.full(leaf.shape, -np.inf)  # the table packed per shape; -inf: the region does not split
+    side, add = np.zeros(key.shape, np.int64), np.zeros(key.shape, np.int64)
+    for k, shape in enumerate(shapes):
+        if shape in table:
+            for dst, src in zip((key, side, add), table[shape], strict=True):
+                dst[k, : src.shape[0], : src.shape[1]] = src
+    hs, ws = (np.array([s[i] for s in shapes], dtype=np.int64) for i in (0, 1))
+    kid = np.array([[-1 if h is None else index[h] for h in _halves(s)] for s in shapes], dtype=np.int64)
+    if not _compiled.split_walk(key, side, add, hs, ws, kid, leaf, budget, spent):
+        _walk(key, side, add, hs, ws, kid, leaf, budget, spent)
+    return leaf
+
+
+def _walk(key: np.ndarray, side: np.ndarray, add: np.ndarray, hs: np.ndarray, ws: np.ndarray, kid: np.ndarray,
+          leaf: np.ndarray, budget: int, spent: int) -> None:
+    """:func:`split_leaves`' walk in Python (``_kernel.split_walk``'s, on the same packed arrays),
+    updating ``leaf`` in place."""
     # nested lists: indexing them is several times faster than numpy scalars, one lookup per push
-    table = {shape: tuple(a.tolist() for a in maps) for shape, maps in _split_table(errors, tokens).items()}
+    key, side, add, hs, ws, kid = (a.tolist() for a in (key, side, add, hs, ws, kid))
     heap = []
 
-    def push(r: int, c: int, shape: Shape) -> None:
-        if shape in table:
-            keys, sides, adds = table[shape]
-            i, j = r // shape[0], c // shape[1]
-            if keys[i][j] > -np.inf:  # a region that costs a token
-                half = _halves(shape)[sides[i][j]]
-                dr, dc = (half[0], 0) if sides[i][j] == 0 else (0, half[1])
-                heapq.heappush(heap, (-keys[i][j], -shape[0] * shape[1], r, c, adds[i][j], half, dr, dc))
+    def push(k: int, r: int, c: int) -> None:
+        i, j = r // hs[k], c // ws[k]
+        if key[k][i][j] > -np.inf:  # a region that splits
+            heapq.heappush(heap, (-key[k][i][j], -hs[k] * ws[k], r, c, k))
 
-    leaves = {(r, c): shape for r, c, shape in start}
-    spent = sum(1 if tokens is None else int(tokens[s][r // s[0], c // s[1]]) for r, c, s in start)
-    for r, c, shape in start:
-        push(r, c, shape)
+    for k, i, j in zip(*np.nonzero(leaf), strict=True):
+        push(int(k), int(i) * hs[k], int(j) * ws[k])
     while heap:
-        *_, r, c, added, half, dr, dc = heap[0]
-        if spent + added > budget:
+        _, _, r, c, k = heap[0]
+        i, j = r // hs[k], c // ws[k]
+        if spent + add[k][i][j] > budget:
             break
         heapq.heappop(heap)
-        spent += added
-        del leaves[r, c]
-        for rr, cc in ((r, c), (r + dr, c + dc)):
-            leaves[rr, cc] = half
-            push(rr, cc, half)
-    return [(r, c, s) for (r, c), s in leaves.items()]
+        spent += add[k][i][j]
+        leaf[k, i, j] = False
+        h = kid[k][side[k][i][j]]
+        for rr, cc in ((r, c), (r + hs[h], c) if side[k][i][j] == 0 else (r, c + ws[h])):
+            leaf[h, rr // hs[h], cc // ws[h]] = True
+            push(h, rr, cc)
 
 
 def _split_table(errors: dict[Shape, np.ndarray], tokens: dict[Shape, np.ndarray] | None

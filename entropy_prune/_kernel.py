@@ -10,6 +10,8 @@ its last pixel row repeated down (2). Differences are taken in int32 for 8- and 
 :func:`gray_sums`, :func:`gray_sums_planar` (the detail score): exact integer sums of 8-bit luma.
 """
 
+import heapq
+
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
@@ -173,3 +175,170 @@ def gray_sums_planar(red, green, blue, p, block_rows, block_cols):
             g[x] = _luma(red[y, x], green[y, x], blue[y, x])
         _add_row(g, y, h, p, s1, s2, blocks, col1, col2, even)
     return s1, s2, blocks
+
+
+
+
+@njit(nogil=True, cache=True)
+def _add_squares(col, k, v, n):
+    """col[k, :n] += v[:n]^2 (int64)."""
+    for x in range(n):
+        col[k, x] += np.int64(v[x]) * v[x]
+
+
+@njit(nogil=True, cache=True)
+def _add_pair_squares(col, k, v, n):
+    """col[k, :n] += (v[2j] + v[2j + 1])^2 for j < n (int64)."""
+    for j in range(n):
+        s = np.int64(v[2 * j] + v[2 * j + 1])
+        col[k, j] += s * s
+
+
+@njit(nogil=True, cache=True)
+def _flush(col, k, out, r, n, q):
+    """out[r, c] = sum of col[k, c q:(c + 1) q] for c < n; col[k] zeroed."""
+    for c in range(n):
+        a = np.int64(0)
+        for x in range(c * q, c * q + q):
+            a += col[k, x]
+        out[r, c] = a
+    col[k, :] = 0
+
+
+@njit(nogil=True, cache=True)
+def _region_row(y, p, four, energy, acc, col, g, hp, hp2):
+    """Add pixel row y's luma g[y % 2] (int32 (cols * p,)) to int64 running column sums ``col`` of
+    the squares of g and of the h x w px block sums whose last pixel row y is (regions of 1x2, 2x1,
+    2x2 cells, with ``four`` also 2x4, 4x2, 4x4), and flush them into the per-cell sums of g^2
+    (``energy``) and each region's ``acc[k]`` at its last pixel row. ``hp[y % 2]``: this row's
+    horizontal pair sums; ``hp2[y // 2 % 2]``: those over the current 2 rows."""
+    rows, cols = energy.shape
+    gy, hy = g[y % 2], hp[y % 2]
+    _add_squares(col, 0, gy, cols * p)
+    for j in range(cols // 2 * p):
+        hy[j] = gy[2 * j] + gy[2 * j + 1]
+    _add_squares(col, 1, hy, cols // 2 * p)  # 1 x 2 cells: 1 x 2 px blocks
+    if y % p == p - 1:
+        _flush(col, 0, energy, y // p, cols, p)
+        _flush(col, 1, acc[0], y // p, cols // 2, p)
+    if y < rows // 2 * 2 * p and y % 2 == 1:
+        _two_rows(y, p, four, cols, acc, col, g, hp, hp2[y // 2 % 2])
+        if four and y < rows // 4 * 4 * p and y % 4 == 3:
+            _four_rows(y, p, cols, acc, col, hp2)
+
+
+@njit(nogil=True, cache=True)
+def _two_rows(y, p, four, cols, acc, col, g, hp, h2):
+    """:func:`_region_row` at the second row y of a pair: 2 x 1 px sums (into g[0]) and 2 x 2 px
+    sums (into ``h2``), for regions of 2 x 1, 2 x 2 and 2 x 4 cells."""
+    v = g[0]  # the even row's luma is no longer needed
+    for x in range(cols * p):
+        v[x] += g[1, x]
+    for j in range(cols // 2 * p):
+        h2[j] = hp[0, j] + hp[1, j]
+    _add_squares(col, 2, v, cols * p)  # 2 x 1 cells
+    _add_squares(col, 3, h2, cols // 2 * p)  # 2 x 2
+    if four:
+        _add_pair_squares(col, 4, h2, cols // 4 * p)  # 2 x 4
+    if y // 2 % p == p - 1:
+        i = y // 2 // p
+        _flush(col, 2, acc[1], i, cols, p)
+        _flush(col, 3, acc[2], i, cols // 2, p)
+        if four:
+            _flush(col, 4, acc[3], i, cols // 4, p)
+
+
+@njit(nogil=True, cache=True)
+def _four_rows(y, p, cols, acc, col, hp2):
+    """:func:`_region_row` at the last row y of four: 4 x 2 px sums (into hp2[0]) for regions of
+    4 x 2 and 4 x 4 cells."""
+    h4 = hp2[0]
+    for j in range(cols // 2 * p):
+        h4[j] += hp2[1, j]
+    _add_squares(col, 5, h4, cols // 2 * p)  # 4 x 2
+    _add_pair_squares(col, 6, h4, cols // 4 * p)  # 4 x 4
+    if y // 4 % p == p - 1:
+        i = y // 4 // p
+        _flush(col, 5, acc[4], i, cols // 2, p)
+        _flush(col, 6, acc[5], i, cols // 4, p)
+
+
+@njit(nogil=True, cache=True)
+def _region_arrays(rows, cols, p):
+    """Zeroed int64 energy (rows, cols), acc (6, rows, cols) and column sums (7, cols * p), and int32
+    (2, cols * p) rows of luma, of pair sums and of pair sums over 2 rows."""
+    w = cols * p
+    return (np.zeros((rows, cols), np.int64), np.zeros((6, rows, cols), np.int64), np.zeros((7, w), np.int64),
+            np.empty((2, w), np.int32), np.empty((2, w), np.int32), np.empty((2, w), np.int32))
+
+
+@njit(nogil=True, cache=True)
+def region_sums(pixels, channels, p, rows, cols, four):
+    """Exact sums of the 8-bit luma g (see :func:`gray_sums`) over the whole rows x cols p x p cells
+    of a uint8 image given as C-contiguous (H, W * channels) pixel rows: int64 (rows, cols) per cell
+    the sum of g^2, and int64 (6, rows, cols) per region of shape k (1x2, 2x1, 2x2, 2x4, 4x2, 4x4
+    cells; the last three only with ``four``) the sum of its squared h x w px block sums of g, in
+    acc[k, :rows // h, :cols // w]. One pass, a pixel row at a time."""
+    energy, acc, col, g, hp, hp2 = _region_arrays(rows, cols, p)
+    for y in range(rows * p):
+        row, gy = pixels[y], g[y % 2]
+        if channels == 3:  # literal strides: vectorised
+            for x in range(gy.shape[0]):
+                gy[x] = _luma(row[3 * x], row[3 * x + 1], row[3 * x + 2])
+        elif channels == 4:
+            for x in range(gy.shape[0]):
+                gy[x] = _luma(row[4 * x], row[4 * x + 1], row[4 * x + 2])
+        else:
+            for x in range(gy.shape[0]):
+                gy[x] = row[x]
+        _region_row(y, p, four, energy, acc, col, g, hp, hp2)
+    return energy, acc
+
+
+@njit(nogil=True, cache=True)
+def region_sums_planar(red, green, blue, p, rows, cols, four):
+    """:func:`region_sums` of an RGB image given as three C-contiguous (H, W) planes."""
+    energy, acc, col, g, hp, hp2 = _region_arrays(rows, cols, p)
+    for y in range(rows * p):
+        gy = g[y % 2]
+        for x in range(gy.shape[0]):
+            gy[x] = _luma(red[y, x], green[y, x], blue[y, x])
+        _region_row(y, p, four, energy, acc, col, g, hp, hp2)
+    return energy, acc
+
+
+@njit(nogil=True, cache=True)
+def _push(heap, key, hs, ws, k, r, c):
+    """Push the region of shape k at cell (r, c) where splitting it is possible (key > -inf)."""
+    i, j = r // hs[k], c // ws[k]
+    if key[k, i, j] > -np.inf:
+        heapq.heappush(heap, (-key[k, i, j], -hs[k] * ws[k], r, c, k))
+
+
+@njit(nogil=True, cache=True)
+def split_walk(key, side, add, hs, ws, kid, leaf, budget, spent):
+    """``_halves.split_order``'s greedy walk on regions of shapes k (hs[k] x ws[k] cells) indexed
+    [k, row // hs[k], col // ws[k]]: split the leaf with the largest key (ties: larger area, then
+    row, then column) into its two kid[k, side] halves while ``spent`` + its add fits ``budget``.
+    ``leaf`` (bool) holds the starting leaves and is updated in place."""
+    heap = [(0.0, np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
+    heap.pop()  # typed empty
+    for k in range(leaf.shape[0]):
+        for i in range(leaf.shape[1]):
+            for j in range(leaf.shape[2]):
+                if leaf[k, i, j]:
+                    _push(heap, key, hs, ws, k, np.int64(i * hs[k]), np.int64(j * ws[k]))
+    while len(heap) > 0:
+        _, _, r, c, k = heap[0]
+        i, j = r // hs[k], c // ws[k]
+        if spent + add[k, i, j] > budget:
+            break
+        heapq.heappop(heap)
+        spent += add[k, i, j]
+        leaf[k, i, j] = False
+        h = kid[k, side[k, i, j]]
+        r2, c2 = (r + hs[h], c) if side[k, i, j] == 0 else (r, c + ws[h])
+        for rr, cc in ((r, c), (r2, c2)):
+            leaf[h, rr // hs[h], cc // ws[h]] = True
+            _push(heap, key, hs, ws, h, rr, cc)
+    return spent

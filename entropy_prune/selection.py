@@ -547,21 +547,26 @@ def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[i
         tokens = {s: shown[: e.shape[0] * s[0], : e.shape[1] * s[1]].reshape(e.shape[0], s[0], e.shape[1], s[1])
                   .any((1, 3)) for s, e in errors.items()}
         tokens[1, 1] = ~removed
-    leaves = _halves.split_order(errors, start, budget, tokens)
-    kept = np.array([(r, c, *s) for r, c, s in leaves
-                     if tokens is None or tokens[s][r // s[0], c // s[1]]], dtype=np.int64).reshape(-1, 4)
-    kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
-    levels = np.round(np.log2(np.maximum(kept[:, 2], kept[:, 3]))).astype(np.int64) + 1
+    leaf = _halves.split_leaves(errors, start, budget, tokens)
     label = np.zeros((rows, cols), dtype=np.int8)
     masks = [np.zeros(s, dtype=bool) for s in shapes]
-    for (r, c, hh, ww), k in zip(kept.tolist(), levels.tolist(), strict=True):
-        label[r:r + hh, c:c + ww] = k
+    kept = []
+    for shown, (hh, ww) in zip(leaf, errors, strict=True):  # leaves that cost a token, one shape at a time
+        if tokens is not None:
+            costs = tokens[hh, ww]
+            shown = shown & np.pad(costs, [(0, n - t) for n, t in zip(shown.shape, costs.shape, strict=True)])
+        k = max(hh, ww).bit_length()  # the level of the longer side
+        cells = np.repeat(np.repeat(shown, hh, 0), ww, 1)[:rows, :cols]
+        label[cells] = k
+        i, j = np.nonzero(shown)
         if hh == ww:
-            masks[k - 1][r // hh, c // ww] = True
-    regions = np.column_stack([levels, kept[:, :2]])
+            masks[k - 1][i, j] = True
+        kept.append(np.column_stack([np.full(len(i), k), i * hh, j * ww, np.full((len(i), 2), (hh, ww))]))
+    kept = np.concatenate(kept).astype(np.int64)  # (level, row, col, h, w)
+    kept = kept[np.lexsort((kept[:, 2], kept[:, 1]))]
     # splits never pass the budget, so more tokens than it means the coarsest tiling already did
-    return _frozen(label, masks, regions, np.ascontiguousarray(kept[:, 2:]), removed, method="budget",
-                   mode="multiscale", budget=budget, budget_met=len(kept) <= budget, threshold=None,
+    return _frozen(label, masks, np.ascontiguousarray(kept[:, :3]), np.ascontiguousarray(kept[:, 3:]), removed,
+                   method="budget", mode="multiscale", budget=budget, budget_met=len(kept) <= budget, threshold=None,
                    tolerance=tolerance)
 
 

@@ -2,8 +2,10 @@
 split order against a plain re-implementation, each shape's error against its definition, and
 what reconstruct shows of an oblong region."""
 
+import importlib.util
 import math
 import re
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,8 +16,8 @@ from skimage import data
 from strategies import images
 from test_main import run as run_main_job
 
-from entropy_prune import reconstruct, select_patches
-from entropy_prune._halves import region_errors, region_shapes, split_order
+from entropy_prune import _compiled, reconstruct, select_patches
+from entropy_prune._halves import image_errors, region_errors, region_shapes, split_order
 from entropy_prune._image import check_image
 from entropy_prune.scores import _gray_levels
 from entropy_prune.selection import _predictable, _tolerance_units
@@ -133,6 +135,52 @@ def test_region_errors_are_the_squared_error_of_block_means(p, rows, cols, k, se
         np.testing.assert_allclose(e, brute_errors(gray.astype(np.float64), p, shape), rtol=1e-9, atol=1e-6)
 
 
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                 reason="numba is not installed (the fast extra)")
+
+
+def kernels(on):
+    """The compiled kernels on (they must load) or off (the numpy and Python code)."""
+    if on:
+        pytest.importorskip("numba")
+        assert _compiled._kernels() is not None
+        return mock.patch.object(_compiled, "_kernels", _compiled._kernels)
+    return mock.patch.object(_compiled, "_kernels", lambda: None)
+
+
+@needs_numba
+@given(images(max_side=90, dtypes=("uint8",)), st.integers(1, 9), st.integers(1, 4), st.booleans())
+def test_compiled_region_sums_give_the_numpy_errors_bit_for_bit(img, p, k, channels_first):
+    """Any size (partial cells, shapes too large to fit), odd p, 1 to 4 channels or 2-D, both layouts."""
+    x = np.moveaxis(np.ascontiguousarray(np.moveaxis(img, -1, 0)), 0, -1) if channels_first and img.ndim == 3 else img
+    assert (_compiled.region_sums(x, p, (0.0, 255.0), k) is not None) == (k in (2, 3))
+    with kernels(False):
+        expected = image_errors(x, p, k, (0.0, 255.0))
+    got = image_errors(x, p, k, (0.0, 255.0))
+    assert list(got) == list(expected)
+    for shape, e in expected.items():
+        assert got[shape].dtype == np.float64 and np.array_equal(got[shape], e), shape
+
+
+@needs_numba
+@pytest.mark.parametrize("side", [448, 1000])
+def test_compiled_region_sums_on_photographs(side):
+    """The astronaut in both layouts, as uint8 and as 8-bit values in int64; float and 16-bit
+    images and num_scales 1 and 4 are left to numpy."""
+    from PIL import Image
+
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC))
+    planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(img, -1, 0)), 0, -1)
+    for x in (img, planar, img.astype(np.int64), img[..., :1]):
+        with kernels(False):
+            expected = image_errors(x, 28, 3, (0.0, 255.0))
+        got = image_errors(x, 28, 3, (0.0, 255.0))
+        assert all(np.array_equal(got[s], e) for s, e in expected.items())
+    assert _compiled.region_sums(img / 255.0, 28, (0.0, 1.0), 3) is None
+    assert _compiled.region_sums(img.astype(np.uint16), 28, (0.0, 65535.0), 3) is None
+    assert _compiled.region_sums(img, 28, (0.0, 255.0), 4) is None
+
+
 def test_region_shapes():
     assert region_shapes(1) == [(1, 1)]
     assert region_shapes(3) == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 4), (4, 2), (4, 4)]
@@ -171,9 +219,10 @@ def reference_order(errors, start, budget, tokens):
         leaves[r + dr, c + dc] = half
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @given(st.integers(1, 9), st.integers(1, 9), st.integers(2, 3), st.integers(0, 2**32 - 1), st.floats(0.0, 1.0),
        st.sampled_from([None, 0.3]), st.booleans())
-def test_split_order_is_the_plain_greedy_rule(rows, cols, k, seed, alpha, removed_share, flat_cells):
+def test_split_order_is_the_plain_greedy_rule(compiled, rows, cols, k, seed, alpha, removed_share, flat_cells):
     rng = np.random.default_rng(seed)
     p = 4
     if flat_cells:  # two gray levels, one per cell: many drops are 0 (ties)
@@ -194,7 +243,8 @@ def test_split_order_is_the_plain_greedy_rule(rows, cols, k, seed, alpha, remove
                   .any((1, 3)) for s, e in errors.items()}
         tokens[1, 1] = shown
     budget = int(alpha * rows * cols)
-    assert sorted(split_order(errors, start, budget, tokens)) == reference_order(errors, start, budget, tokens)
+    with kernels(compiled):
+        assert sorted(split_order(errors, start, budget, tokens)) == reference_order(errors, start, budget, tokens)
 
 
 def render_reference(img, r, c, h, w, p):
