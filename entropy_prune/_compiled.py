@@ -87,7 +87,7 @@ def region_sums(arr: np.ndarray, p: int, rng: tuple[float, float], num_scales: i
     if channels >= 3 and all(plane.flags.c_contiguous for plane in planes[:3]):  # a channels-first image
         energy, acc = kernels.region_sums_planar(*planes[:3], p, rows, cols, num_scales == 3)
     else:
-        pixels = np.ascontiguousarray(x[: rows * p, : cols * p]).reshape(rows * p, cols * p * channels)
+        pixels = np.ascontiguousarray(x).reshape(x.shape[0], -1)  # the kernel reads the whole cells only
         energy, acc = kernels.region_sums(pixels, channels, p, rows, cols, num_scales == 3)
     shapes = ((1, 2), (2, 1), (2, 2), (2, 4), (4, 2), (4, 4))[: 3 if num_scales == 2 else 6]
     return energy.astype(np.float64), {(h, w): acc[k, : rows // h, : cols // w].astype(np.float64)

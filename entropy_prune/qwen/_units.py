@@ -100,15 +100,19 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
     group = np.where(oblong, 0, regions[:, 0])  # oblong regions first, then level by level
     order = np.lexsort((*(() if sizes is None else (sizes[:, 1], sizes[:, 0])), group))
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
+    # 2 x 2 px sums, for squares of level 2 and up and for oblong regions of 2 x 4 and 4 x 2 units
+    top = max(int(regions[~oblong, 0].max(initial=1)), 3 if oblong.any() and (sizes[oblong] > 1).all(1).any() else 1)
+    pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None
     start = 0
     for h, w in (np.unique(sizes[oblong], axis=0).tolist() if oblong.any() else []):
         pick = order[start : start + int((oblong & (sizes[:, 0] == h) & (sizes[:, 1] == w)).sum())]
-        blocks = unit_blocks(frames, regions[pick, 1] // h, regions[pick, 2] // w, s * h, s * w)  # (K, F, C, s h, s w)
-        sums = block_sums(blocks, h, w, sum_dtype(frames.dtype, max(h, w).bit_length()))
+        r, c = regions[pick, 1] // h, regions[pick, 2] // w
+        if min(h, w) > 1:  # (K, F, C, s h/2, s w/2) pair sums, then their pairs along the longer side
+            sums = block_sums(unit_blocks(pairs, r, c, s * h // 2, s * w // 2), h // 2, w // 2, pairs.dtype)
+        else:  # (K, F, C, s h, s w) pixels
+            sums = block_sums(unit_blocks(frames, r, c, s * h, s * w), h, w, sum_dtype(frames.dtype, 2))
         torch.mul(sums, 1.0 / (h * w), out=units[start : start + len(pick)])
         start += len(pick)
-    top = int(regions[~oblong, 0].max(initial=1))
-    pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None  # 2 x 2 px sums
     for level in range(1, top + 1):
         pick = order[start : start + int((~oblong & (regions[:, 0] == level)).sum())]
         r, c = regions[pick, 1] >> (level - 1), regions[pick, 2] >> (level - 1)
