@@ -5,6 +5,7 @@ exactly what the numpy code gives; that code runs where numba is missing or fail
 * :func:`gray_sums`: the detail score's exact sums of 8-bit luma, in one pass over the pixels.
 * :func:`region_sums`: ``shapes="halves"``' exact sums of squared 8-bit luma block sums, in one pass.
 * :func:`split_walk`: ``shapes="halves"``' greedy split order, a heap walk (~1 ms in Python at 1 MP).
+* :func:`cut_units`: the Qwen adapter's kept regions of 8-bit frames as units, in one pass.
 * :func:`predictable`: predictable cells with ``tolerance > 0``. With a tolerance a removed cell
   is shown as its prediction, not as itself, so every later cell is decided from what is shown:
   a raster walk. The numpy path in :mod:`entropy_prune.selection` speculates on the whole grid
@@ -103,6 +104,29 @@ def split_walk(key: np.ndarray, side: np.ndarray, add: np.ndarray, hs: np.ndarra
         return False
     kernels.split_walk(key, side, add, hs, ws, kid, leaf, budget, spent)
     return True
+
+
+def cut_units(frames: np.ndarray, rows: np.ndarray, cols: np.ndarray, sizes: np.ndarray, s: int
+              ) -> np.ndarray | None:
+    """float32 (K, F, C, s, s): each region (top-left unit ``rows[k], cols[k]``, ``sizes[k]`` = (h, w)
+    units of s px) of uint8 (F, C, H, W) frames as one s x s unit of its h x w px block means,
+    in one pass over the regions' pixels (planar or channels-last memory; other layouts are copied
+    first). The adapter's torch cut bit for bit. None where this module cannot run it."""
+    kernels = _kernels()
+    ends = np.stack([rows + sizes[:, 0], cols + sizes[:, 1]], axis=1) * s
+    inside = (ends <= np.array(frames.shape[-2:])).all()
+    if kernels is None or frames.dtype != np.uint8 or not inside or (len(sizes) and sizes.prod(1).max() >= 1 << 23):
+        return None  # (the kernels read whole regions only, and a region's sums of 255 must fit int32)
+    f, ch = frames.shape[:2]
+    out = np.empty((len(rows), f, ch, s, s), np.float32)
+    args = (rows.astype(np.int64), cols.astype(np.int64), *(np.ascontiguousarray(sizes[:, i], np.int64)
+                                                            for i in (0, 1)))
+    last = np.moveaxis(frames, 1, -1)  # (F, H, W, C)
+    if ch > 1 and last.flags.c_contiguous:  # channels-last memory
+        kernels.cut_interleaved(last.reshape(f, last.shape[1], -1), ch, *args, s, out)
+    else:
+        kernels.cut_planar(np.ascontiguousarray(frames), *args, s, out)
+    return out
 
 
 def predictable(arr: np.ndarray, p: int, tol: float, shape: tuple[int, int]) -> np.ndarray | None:

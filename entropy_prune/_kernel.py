@@ -342,3 +342,54 @@ def split_walk(key, side, add, hs, ws, kid, leaf, budget, spent):
             leaf[h, rr // hs[h], cc // ws[h]] = True
             _push(heap, key, hs, ws, h, rr, cc)
     return spent
+
+
+@njit(nogil=True, cache=True)
+def _sum_rows(rows, y, bh, x0, n, acc):
+    """acc[:n] = the sums of rows[y:y + bh, x0:x0 + n] over the bh rows (int32)."""
+    for x in range(n):
+        acc[x] = rows[y, x0 + x]
+    for dy in range(1, bh):
+        for x in range(n):
+            acc[x] += rows[y + dy, x0 + x]
+
+
+@njit(nogil=True, cache=True)
+def _reduce_row(acc, out, bw, stride, offset, scale):
+    """out[x] = scale * the sum of acc[(x bw + dx) stride + offset] over dx < bw (float32)."""
+    for x in range(out.shape[0]):
+        a = np.int32(0)
+        for dx in range(bw):
+            a += acc[(x * bw + dx) * stride + offset]
+        out[x] = np.float32(a) * scale
+
+
+@njit(nogil=True, cache=True)
+def cut_planar(frames, r, c, h, w, s, out):
+    """Each region k (top-left unit (r[k], c[k]), h[k] x w[k] units of s px) of uint8 (F, C, H, W)
+    frames (C-contiguous planes) as one s x s unit: its h x w px block means, into float32 out
+    (K, F, C, s, s). Exact: integer sums times 1 / (h w), a power of two."""
+    acc = np.empty(s * max(1, w.max() if w.size else 1), np.int32)
+    for k in range(r.shape[0]):
+        bh, bw, y0, x0 = h[k], w[k], r[k] * s, c[k] * s
+        scale = np.float32(1.0 / (bh * bw))
+        for f in range(frames.shape[0]):
+            for ch in range(frames.shape[1]):
+                for y in range(s):
+                    _sum_rows(frames[f, ch], y0 + y * bh, bh, x0, s * bw, acc)
+                    _reduce_row(acc, out[k, f, ch, y], bw, 1, 0, scale)
+
+
+@njit(nogil=True, cache=True)
+def cut_interleaved(frames, channels, r, c, h, w, s, out):
+    """:func:`cut_planar` of frames given as C-contiguous (F, H, W * channels) pixel rows
+    (channels-last memory)."""
+    acc = np.empty(s * channels * max(1, w.max() if w.size else 1), np.int32)
+    for k in range(r.shape[0]):
+        bh, bw, y0, x0 = h[k], w[k], r[k] * s, c[k] * s
+        scale = np.float32(1.0 / (bh * bw))
+        for f in range(frames.shape[0]):
+            for y in range(s):
+                _sum_rows(frames[f], y0 + y * bh, bh, x0 * channels, s * bw * channels, acc)
+                for ch in range(channels):
+                    _reduce_row(acc, out[k, f, ch, y], bw, channels, ch, scale)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ pytest.importorskip("transformers")
 
 from transformers import AutoProcessor  # noqa: E402
 
-from entropy_prune import select_patches  # noqa: E402
+from entropy_prune import _compiled, select_patches  # noqa: E402
 from entropy_prune.qwen import (  # noqa: E402
     REGIONS_KEY,
     VIDEO_REGIONS_KEY,
@@ -24,6 +26,7 @@ from entropy_prune.qwen import (  # noqa: E402
     wrap_processor,
 )
 from entropy_prune.qwen._compat import MM_ENCODER_OUTPUTS  # noqa: E402
+from entropy_prune.qwen._units import cut_regions  # noqa: E402
 from entropy_prune.qwen.testing import (  # noqa: E402
     beams,
     greedy,
@@ -356,6 +359,33 @@ def test_coarse_region_is_area_average(processors, images, backend, num_scales, 
             assert np.array_equal(got, expect.astype(np.float32))
         else:
             np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed (the fast extra)")
+@pytest.mark.parametrize("channels_last", [False, True])
+@given(st.integers(1, 2), st.sampled_from([1, 3]), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4),
+       st.sampled_from(["squares", "halves"]), st.floats(0.05, 1.0), st.integers(0, 2**32 - 1))
+def test_compiled_cut_is_the_torch_cut_bit_for_bit(channels_last, frames, channels, rows, cols, k, shapes, alpha,
+                                                   seed):
+    """8-bit frames (1 or 2, planar or channels-last memory) cut in one compiled pass give the torch
+    path's rows exactly, for squares of every level and halves; regions past the frames' edge and
+    float frames are left to torch."""
+    rng = np.random.default_rng(seed)
+    m, p = 2, 2
+    s = m * p
+    shape = (frames, rows * s, cols * s, channels)  # whole units, as the processor resizes
+    pixels = (rng.integers(0, 4, shape) * 85).astype(np.uint8)  # few levels: flat areas and ties
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # channels-last memory
+    x = x if channels_last else x.contiguous()
+    sel = select_patches(x[0].numpy(), "budget", alpha, patch_size=s, num_scales=k, channels_first=True, shapes=shapes)
+    regions, sizes = np.asarray(sel.regions, np.int64), np.asarray(sel.sizes)
+    assert _compiled.cut_units(x.numpy(), regions[:, 1], regions[:, 2], sizes, s) is not None
+    compiled = cut_regions(x, regions, m, p, 2, None, sizes)
+    with mock.patch.object(_compiled, "_kernels", lambda: None):
+        assert torch.equal(compiled, cut_regions(x, regions, m, p, 2, None, sizes))
+        assert torch.equal(compiled, cut_regions(x, regions, m, p, 2, None, None if shapes == "squares" else sizes))
+    assert _compiled.cut_units(x.numpy().astype(np.float32), regions[:, 1], regions[:, 2], sizes, s) is None
+    assert _compiled.cut_units(x.numpy()[..., :-1], regions[:, 1], regions[:, 2], sizes, s) is None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import _compiled
+
 
 def cat(parts: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat without the copy for a single part (one image: its rows are already new)."""
@@ -81,8 +83,9 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
     """Rows of one temporal patch's kept regions.
 
     A level-k region (b = 2^(k-1) units on a side) becomes ONE unit, its pixels area-averaged
-    by b: level 2 from the image's 2 x 2 px sums, deeper levels by pooling those sums further
-    within the kept regions only. A region of h x w units, h != w, is area-averaged by (h, w).
+    by b; a region of h x w units, h != w, by (h, w). 8-bit frames on the CPU are cut in one
+    compiled pass where numba runs; otherwise in torch, level 2 from the image's 2 x 2 px sums
+    and deeper levels by pooling those sums further within the kept regions only. The same rows.
 
     Args:
         frames: (F, C, H, W) pixels of the temporal patch (F = 1: tp copies, or tp).
@@ -95,16 +98,33 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
     """
     f, ch = frames.shape[:2]
     s = m * p
+    if sizes is None:  # squares of their level
+        sizes = np.repeat(1 << (regions[:, :1] - 1), 2, axis=1)
+    compiled = None
+    if frames.device.type == "cpu" and frames.dtype == torch.uint8:
+        compiled = _compiled.cut_units(frames.numpy(), regions[:, 1], regions[:, 2], sizes, s)
+    units, back = (torch.from_numpy(compiled), None) if compiled is not None else _cut(frames, regions, sizes, s)
+    if normalize is not None:
+        units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
+    rows = block_rows(units, m, p, tp)
+    rows = rows if back is None else rows.index_select(0, back)  # into region order
+    return rows.reshape(len(regions) * m * m, ch * tp * p * p)
+
+
+def _cut(frames: torch.Tensor, regions: np.ndarray, sizes: np.ndarray, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cut_regions`' units in torch: (K, F, C, s, s) in the order oblong regions by shape,
+    then squares level by level, and the indices that put them back in region order."""
+    f, ch = frames.shape[:2]
     work = frames.dtype if frames.is_floating_point() or frames.is_complex() else torch.float32
-    oblong = np.zeros(len(regions), dtype=bool) if sizes is None else sizes[:, 0] != sizes[:, 1]
+    oblong = sizes[:, 0] != sizes[:, 1]
     group = np.where(oblong, 0, regions[:, 0])  # oblong regions first, then level by level
-    order = np.lexsort((*(() if sizes is None else (sizes[:, 1], sizes[:, 0])), group))
+    order = np.lexsort((sizes[:, 1], sizes[:, 0], group))
     units = torch.empty((len(regions), f, ch, s, s), dtype=work, device=frames.device)
     # 2 x 2 px sums, for squares of level 2 and up and for oblong regions of 2 x 4 and 4 x 2 units
-    top = max(int(regions[~oblong, 0].max(initial=1)), 3 if oblong.any() and (sizes[oblong] > 1).all(1).any() else 1)
+    top = max(int(regions[~oblong, 0].max(initial=1)), 3 if (sizes[oblong] > 1).all(1).any() else 1)
     pairs = pool_sums(frames, s, sum_dtype(frames.dtype, top)) if top > 1 else None
     start = 0
-    for h, w in (np.unique(sizes[oblong], axis=0).tolist() if oblong.any() else []):
+    for h, w in np.unique(sizes[oblong], axis=0).tolist():
         pick = order[start : start + int((oblong & (sizes[:, 0] == h) & (sizes[:, 1] == w)).sum())]
         r, c = regions[pick, 1] // h, regions[pick, 2] // w
         if min(h, w) > 1:  # (K, F, C, s h/2, s w/2) pair sums, then their pairs along the longer side
@@ -125,7 +145,4 @@ def cut_regions(frames: torch.Tensor, regions: np.ndarray, m: int, p: int, tp: i
                 blocks = pool_sums(blocks, s << half, blocks.dtype)
             torch.mul(blocks, 1.0 / (1 << (2 * level - 2)), out=dst)  # sums -> means
         start += len(pick)
-    if normalize is not None:
-        units = normalize(units.flatten(0, 1)).unflatten(0, (len(regions), f))
-    back = torch.from_numpy(np.argsort(order)).to(frames.device)  # region order
-    return block_rows(units, m, p, tp).index_select(0, back).reshape(len(regions) * m * m, ch * tp * p * p)
+    return units, torch.from_numpy(np.argsort(order)).to(frames.device)
