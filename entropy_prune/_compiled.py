@@ -122,10 +122,10 @@ def cut_units(frames: np.ndarray, rows: np.ndarray, cols: np.ndarray, sizes: np.
     args = (rows.astype(np.int64), cols.astype(np.int64), *(np.ascontiguousarray(sizes[:, i], np.int64)
                                                             for i in (0, 1)))
     last = np.moveaxis(frames, 1, -1)  # (F, H, W, C)
-    if ch > 1 and last.flags.c_contiguous:  # channels-last memory
-        kernels.cut_interleaved(last.reshape(f, last.shape[1], -1), ch, *args, s, out)
+    if ch > 1 and last.flags.c_contiguous:  # channels-last memory: (F, 1, H, W C) pixel rows
+        kernels.cut_units(last.reshape(f, 1, last.shape[1], -1), ch, *args, s, out)
     else:
-        kernels.cut_planar(np.ascontiguousarray(frames), *args, s, out)
+        kernels.cut_units(np.ascontiguousarray(frames), 1, *args, s, out)
     return out
 
 
