@@ -50,24 +50,40 @@ def _kernels():
         return None
 
 
+def _luma_input(arr: np.ndarray, rng: tuple[float, float], p: int) -> bool:
+    """Whether the luma kernels take this checked image: 8-bit values (range (0, 255), an integer
+    dtype) and p rows of 255^2 within their int32 column sums."""
+    return rng == (0.0, 255.0) and np.issubdtype(arr.dtype, np.integer) and p < 33025
+
+
+def _luma_layout(arr: np.ndarray) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray | None, int]:
+    """(planes, pixels, channels) of an 8-bit channels-last (H, W[, C]) image for the luma kernels:
+    its three C-contiguous uint8 (H, W) planes where its memory is channels-first RGB, else None and
+    its C-contiguous (H, W * C) uint8 pixel rows (a copy only where not already so)."""
+    x = arr.astype(np.uint8, copy=False)  # checked to lie in [0, 255]
+    x = x if x.ndim == 3 else x[..., None]
+    planes = np.moveaxis(x, -1, 0)
+    if x.shape[2] >= 3 and all(plane.flags.c_contiguous for plane in planes[:3]):  # a channels-first image
+        return tuple(planes[:3]), None, x.shape[2]
+    return None, np.ascontiguousarray(x).reshape(x.shape[0], -1), x.shape[2]
+
+
 def gray_sums(arr: np.ndarray, p: int, rng: tuple[float, float], num_scales: int):
     """For a checked 8-bit channels-last (H, W[, C]) image (range (0, 255)), float64 (s1, s2,
     blocks): per p x p cell (edge cells partial) the sum of its 8-bit luma and of its square, and
     the luma's 2 x 2 px sums over the whole level-2 blocks (None for one scale); exact integers,
     equal to ``scores._detail_one``'s own. None where this module cannot run it."""
     kernels = _kernels()
-    if kernels is None or rng != (0.0, 255.0) or not np.issubdtype(arr.dtype, np.integer) or p >= 33025:
-        return None  # (p rows of 255^2 must fit the kernel's int32 column sums)
-    x = arr.astype(np.uint8, copy=False)  # checked to lie in [0, 255]
-    x = x if x.ndim == 3 else x[..., None]
-    h, w, channels = x.shape
+    if kernels is None or not _luma_input(arr, rng, p):
+        return None
+    h, w = arr.shape[:2]
     # 2 x 2 px blocks over the whole level-2 regions
     blocks = (((h // p) >> 1) * p, ((w // p) >> 1) * p) if num_scales > 1 else (0, 0)
-    planes = np.moveaxis(x, -1, 0)
-    if channels >= 3 and all(plane.flags.c_contiguous for plane in planes[:3]):  # a channels-first image
-        s1, s2, sums = kernels.gray_sums_planar(*planes[:3], p, *blocks)
+    planes, pixels, channels = _luma_layout(arr)
+    if planes is not None:
+        s1, s2, sums = kernels.gray_sums_planar(*planes, p, *blocks)
     else:
-        s1, s2, sums = kernels.gray_sums(np.ascontiguousarray(x).reshape(h, w * channels), channels, p, *blocks)
+        s1, s2, sums = kernels.gray_sums(pixels, channels, p, *blocks)
     return s1.astype(np.float64), s2.astype(np.float64), sums.astype(np.float64) if num_scales > 1 else None
 
 
@@ -78,17 +94,13 @@ def region_sums(arr: np.ndarray, p: int, rng: tuple[float, float], num_scales: i
     squared h x w px block sums of luma ((rows // h, cols // w)); exact integers,
     ``_halves.region_errors``' own. None where this module cannot run it (num_scales 2 and 3 only)."""
     kernels = _kernels()
-    if (kernels is None or rng != (0.0, 255.0) or not np.issubdtype(arr.dtype, np.integer)
-            or num_scales not in (2, 3) or p >= 33025):
-        return None  # (p rows of 255^2 must fit the kernel's int32 column sums)
-    x = arr.astype(np.uint8, copy=False)  # checked to lie in [0, 255]
-    x = x if x.ndim == 3 else x[..., None]
-    rows, cols, channels = x.shape[0] // p, x.shape[1] // p, x.shape[2]
-    planes = np.moveaxis(x, -1, 0)
-    if channels >= 3 and all(plane.flags.c_contiguous for plane in planes[:3]):  # a channels-first image
-        energy, acc = kernels.region_sums_planar(*planes[:3], p, rows, cols, num_scales == 3)
+    if kernels is None or num_scales not in (2, 3) or not _luma_input(arr, rng, p):
+        return None
+    rows, cols = arr.shape[0] // p, arr.shape[1] // p
+    planes, pixels, channels = _luma_layout(arr)  # the kernels read the whole cells only
+    if planes is not None:
+        energy, acc = kernels.region_sums_planar(*planes, p, rows, cols, num_scales == 3)
     else:
-        pixels = np.ascontiguousarray(x).reshape(x.shape[0], -1)  # the kernel reads the whole cells only
         energy, acc = kernels.region_sums(pixels, channels, p, rows, cols, num_scales == 3)
     shapes = ((1, 2), (2, 1), (2, 2), (2, 4), (4, 2), (4, 4))[: 3 if num_scales == 2 else 6]
     return energy.astype(np.float64), {(h, w): acc[k, : rows // h, : cols // w].astype(np.float64)
@@ -113,10 +125,12 @@ def cut_units(frames: np.ndarray, rows: np.ndarray, cols: np.ndarray, sizes: np.
     in one pass over the regions' pixels (planar or channels-last memory; other layouts are copied
     first). The adapter's torch cut bit for bit. None where this module cannot run it."""
     kernels = _kernels()
-    ends = np.stack([rows + sizes[:, 0], cols + sizes[:, 1]], axis=1) * s
-    inside = (ends <= np.array(frames.shape[-2:])).all()
-    if kernels is None or frames.dtype != np.uint8 or not inside or (len(sizes) and sizes.prod(1).max() >= 1 << 23):
-        return None  # (the kernels read whole regions only, and a region's sums of 255 must fit int32)
+    if kernels is None or frames.dtype != np.uint8:
+        return None
+    height, width = frames.shape[-2:]
+    inside = ((rows + sizes[:, 0]) * s <= height).all() and ((cols + sizes[:, 1]) * s <= width).all()
+    if not inside or (len(sizes) and sizes.prod(1).max() >= 1 << 23):
+        return None  # (the kernel reads whole regions only, and a region's sums of 255 must fit int32)
     f, ch = frames.shape[:2]
     out = np.empty((len(rows), f, ch, s, s), np.float32)
     args = (rows.astype(np.int64), cols.astype(np.int64), *(np.ascontiguousarray(sizes[:, i], np.int64)

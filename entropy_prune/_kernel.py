@@ -109,6 +109,28 @@ def _luma(r, g, b):
     return (_R * np.int32(r) + _G * np.int32(g) + _B * np.int32(b) + _HALF) >> 14
 
 
+@njit(nogil=True, cache=True, inline="always")  # per pixel row: inlined, as fast as the loop written in place
+def _luma_row(row, channels, g):
+    """g[x] = 8-bit luma of pixel x of a row of ``channels``-interleaved values (1: the value; 3 or 4:
+    RGB(A)), for x < len(g)."""
+    if channels == 3:  # literal strides: vectorised
+        for x in range(g.shape[0]):
+            g[x] = _luma(row[3 * x], row[3 * x + 1], row[3 * x + 2])
+    elif channels == 4:
+        for x in range(g.shape[0]):
+            g[x] = _luma(row[4 * x], row[4 * x + 1], row[4 * x + 2])
+    else:
+        for x in range(g.shape[0]):
+            g[x] = row[x]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _luma_planes(red, green, blue, g):
+    """g[x] = 8-bit luma of pixel x of a row given as three planes' rows, for x < len(g)."""
+    for x in range(g.shape[0]):
+        g[x] = _luma(red[x], green[x], blue[x])
+
+
 @njit(nogil=True, cache=True)
 def _sums(h, w, p, block_rows, block_cols):
     """Zeroed int64 s1, s2 (one per p x p cell, edge cells partial) and 2 x 2 px block sums, and
@@ -155,16 +177,7 @@ def gray_sums(rows, channels, p, block_rows, block_cols):
     s1, s2, blocks, col1, col2, even = _sums(h, w, p, block_rows, block_cols)
     g = np.empty(w, np.int32)
     for y in range(h):
-        row = rows[y]
-        if channels == 3:  # literal strides: vectorised
-            for x in range(w):
-                g[x] = _luma(row[3 * x], row[3 * x + 1], row[3 * x + 2])
-        elif channels == 4:
-            for x in range(w):
-                g[x] = _luma(row[4 * x], row[4 * x + 1], row[4 * x + 2])
-        else:
-            for x in range(w):
-                g[x] = row[x]
+        _luma_row(rows[y], channels, g)
         _add_row(g, y, h, p, s1, s2, blocks, col1, col2, even)
     return s1, s2, blocks
 
@@ -176,12 +189,9 @@ def gray_sums_planar(red, green, blue, p, block_rows, block_cols):
     s1, s2, blocks, col1, col2, even = _sums(h, w, p, block_rows, block_cols)
     g = np.empty(w, np.int32)
     for y in range(h):
-        for x in range(w):
-            g[x] = _luma(red[y, x], green[y, x], blue[y, x])
+        _luma_planes(red[y], green[y], blue[y], g)
         _add_row(g, y, h, p, s1, s2, blocks, col1, col2, even)
     return s1, s2, blocks
-
-
 
 
 @njit(nogil=True, cache=True)
@@ -286,16 +296,7 @@ def region_sums(pixels, channels, p, rows, cols, four):
     acc[k, :rows // h, :cols // w]. One pass, a pixel row at a time."""
     energy, acc, col, g, hp, hp2 = _region_arrays(rows, cols, p)
     for y in range(rows * p):
-        row, gy = pixels[y], g[y % 2]
-        if channels == 3:  # literal strides: vectorised
-            for x in range(gy.shape[0]):
-                gy[x] = _luma(row[3 * x], row[3 * x + 1], row[3 * x + 2])
-        elif channels == 4:
-            for x in range(gy.shape[0]):
-                gy[x] = _luma(row[4 * x], row[4 * x + 1], row[4 * x + 2])
-        else:
-            for x in range(gy.shape[0]):
-                gy[x] = row[x]
+        _luma_row(pixels[y], channels, g[y % 2])
         _region_row(y, p, four, energy, acc, col, g, hp, hp2)
     return energy, acc
 
@@ -305,9 +306,7 @@ def region_sums_planar(red, green, blue, p, rows, cols, four):
     """:func:`region_sums` of an RGB image given as three C-contiguous (H, W) planes."""
     energy, acc, col, g, hp, hp2 = _region_arrays(rows, cols, p)
     for y in range(rows * p):
-        gy = g[y % 2]
-        for x in range(gy.shape[0]):
-            gy[x] = _luma(red[y, x], green[y, x], blue[y, x])
+        _luma_planes(red[y], green[y], blue[y], g[y % 2])
         _region_row(y, p, four, energy, acc, col, g, hp, hp2)
     return energy, acc
 
@@ -346,7 +345,6 @@ def split_walk(key, side, add, hs, ws, kid, leaf, budget, spent):
         for rr, cc in ((r, c), (r2, c2)):
             leaf[h, rr // hs[h], cc // ws[h]] = True
             _push(heap, key, hs, ws, h, rr, cc)
-    return spent
 
 
 @njit(nogil=True, cache=True, inline="always")  # per pixel row: inlined, twice as fast as a call
@@ -416,7 +414,7 @@ def cut_units(frames, channels, r, c, h, w, s, out):
     (F, C, H, W) planes (``channels`` 1) or (F, 1, H, W * C) pixel rows of channels-last memory
     (``channels`` C). Exact: int32 sums times 1 / (h w), a power of two."""
     planes = frames.shape[1]
-    acc = np.empty(s * channels * max(1, w.max() if w.size else 1), np.int32)
+    acc = np.empty(s * channels * (w.max() if w.size else 1), np.int32)
     for k in range(r.shape[0]):
         bh, bw, y0, x0 = h[k], w[k], r[k] * s, c[k] * s * channels
         scale = np.float32(1.0 / (bh * bw))
