@@ -2,16 +2,15 @@
 split order against a plain re-implementation, each shape's error against its definition, and
 what reconstruct shows of an oblong region."""
 
-import importlib.util
 import math
 import re
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from kernels import kernels, needs_numba
 from skimage import data
 from strategies import images
 from test_main import run as run_main_job
@@ -133,19 +132,6 @@ def test_region_errors_are_the_squared_error_of_block_means(p, rows, cols, k, se
     assert sorted(errors) == sorted(region_shapes(k))
     for shape, e in errors.items():
         np.testing.assert_allclose(e, brute_errors(gray.astype(np.float64), p, shape), rtol=1e-9, atol=1e-6)
-
-
-needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                 reason="numba is not installed (the fast extra)")
-
-
-def kernels(on):
-    """The compiled kernels on (they must load) or off (the numpy and Python code)."""
-    if on:
-        pytest.importorskip("numba")
-        assert _compiled._kernels() is not None
-        return mock.patch.object(_compiled, "_kernels", _compiled._kernels)
-    return mock.patch.object(_compiled, "_kernels", lambda: None)
 
 
 @needs_numba

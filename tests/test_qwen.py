@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernels import kernels, needs_numba
 
 pytest.importorskip("transformers")
 
@@ -361,7 +360,7 @@ def test_coarse_region_is_area_average(processors, images, backend, num_scales, 
             np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed (the fast extra)")
+@needs_numba
 @pytest.mark.parametrize("channels_last", [False, True])
 @given(st.integers(1, 2), st.sampled_from([1, 3]), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4),
        st.sampled_from(["squares", "halves"]), st.floats(0.05, 1.0), st.integers(0, 2**32 - 1))
@@ -381,7 +380,7 @@ def test_compiled_cut_is_the_torch_cut_bit_for_bit(channels_last, frames, channe
     regions, sizes = np.asarray(sel.regions, np.int64), np.asarray(sel.sizes)
     assert _compiled.cut_units(x.numpy(), regions[:, 1], regions[:, 2], sizes, s) is not None
     compiled = cut_regions(x, regions, m, p, 2, None, sizes)
-    with mock.patch.object(_compiled, "_kernels", lambda: None):
+    with kernels(False):
         assert torch.equal(compiled, cut_regions(x, regions, m, p, 2, None, sizes))
         assert torch.equal(compiled, cut_regions(x, regions, m, p, 2, None, None if shapes == "squares" else sizes))
     assert _compiled.cut_units(x.numpy().astype(np.float32), regions[:, 1], regions[:, 2], sizes, s) is None

@@ -1,16 +1,15 @@
-import importlib.util
 import math
 import multiprocessing
 import os
 import tracemalloc
 import warnings
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from kernels import kernels, needs_numba
 from PIL import Image
 from strategies import images
 
@@ -122,15 +121,11 @@ def test_detail_row_sums_of_8bit_squares_are_exact(p):
     assert np.array_equal(scores._cell_sums(g, p, squared=True), np.full((1, 3), float(p * p * 255**2)))
 
 
-needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                 reason="numba is not installed (the fast extra)")
-
-
 def numpy_and_compiled_detail(img, **kw):
     """detail_maps with the compiled luma sums (which must run) and without numba."""
     assert _compiled._kernels() is not None
     compiled = detail_maps(img, **kw)
-    with mock.patch.object(_compiled, "_kernels", lambda: None):
+    with kernels(False):
         return detail_maps(img, **kw), compiled
 
 

@@ -1,7 +1,6 @@
 """The ``tolerance`` setting: predictable cells removed exactly (0) or within a bound, alone and as
 the first step of a budget, shown by ``reconstruct`` as their prediction."""
 
-import contextlib
 import importlib.util
 import math
 import sys
@@ -12,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from kernels import kernels, needs_numba
 from strategies import images
 
 from entropy_prune import _compiled, reconstruct, select_patches
@@ -19,19 +19,12 @@ from entropy_prune.scores import score_maps
 from entropy_prune.selection import _predictable
 
 # tolerance > 0 walks compiled where numba is installed (the dev extra installs it): both paths are tested
-WALKS = ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
-    importlib.util.find_spec("numba") is None, reason="numba is not installed (the fast extra)"))]
+WALKS = ["numpy", pytest.param("compiled", marks=needs_numba)]
 
 
-@contextlib.contextmanager
 def walk_path(walk):
     """select_patches' tolerance > 0 walk on the numpy path, or compiled (which must then run)."""
-    if walk == "compiled":
-        assert _compiled._kernels() is not None
-        yield
-    else:
-        with mock.patch.object(_compiled, "_kernels", lambda: None):
-            yield
+    return kernels(walk == "compiled")
 
 
 @st.composite
