@@ -5,13 +5,13 @@
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
-system's licence texts in DejaVu Sans: body text at 10 / 13 / 16 px, a dense page of 10 px text,
-two columns, a table, a slide, a GUI-like screenshot and skimage photographs with captions. Each
-page is resized like the Qwen2-VL processor (smart_resize to multiples of 28 px, bicubic) under
-two settings: ``checkpoint`` (max_pixels 16384 x 28 x 28, the released Qwen2-VL checkpoints'
-preprocessor config: these pages keep their size, to 28 px) and ``cap1280`` (max_pixels 1280 x 28 x 28,
-the common cap, which is also transformers' Qwen2VLImageProcessor default). Conditions, all at
-the resized size:
+system's licence texts in DejaVu Sans, three pages per type at different text sizes (10-16 px),
+page sizes and text: body text, dense pages of small text, two columns, tables, slides, GUI-like
+screenshots and skimage photographs with captions. Each page is resized like the Qwen2-VL processor
+(smart_resize to multiples of 28 px, bicubic) under two settings: ``checkpoint`` (max_pixels 16384
+x 28 x 28, the released Qwen2-VL checkpoints' preprocessor config: these pages keep their size, to
+28 px) and ``cap1280`` (max_pixels 1280 x 28 x 28, the common cap, which is also transformers'
+Qwen2VLImageProcessor default). Conditions, all at the resized size:
   full    - the resized page (every 28 px cell, one token each);
   library - ``select_patches(page, "budget", alpha)`` with the library's defaults (``--tolerance``
             adds that setting), shown by ``reconstruct``; with ``--downscale``, the wrapped
@@ -80,16 +80,28 @@ class PageSpec:
     offset: int  # first word of the licence texts
 
 
-PAGES = (
+PAGES = (  # three per type: one page's word recall moves by 0.01-0.02 between neighbouring sizes
     PageSpec("body-10", "body", 1400, 1000, 10, 0),
     PageSpec("body-13", "body", 1400, 1000, 13, 3000),
     PageSpec("body-16", "body", 1400, 1000, 16, 6000),
     PageSpec("dense-10", "dense", 1400, 1000, 10, 9000),
+    PageSpec("dense-11", "dense", 1120, 840, 11, 26000),
+    PageSpec("dense-12", "dense", 1400, 1000, 12, 28500),
+    PageSpec("columns-10", "columns", 1400, 1000, 10, 31000),
     PageSpec("columns-12", "columns", 1400, 1000, 12, 14000),
+    PageSpec("columns-14", "columns", 1120, 840, 14, 34000),
+    PageSpec("table-12", "table", 1100, 1400, 12, 36000),
     PageSpec("table-14", "table", 1100, 1400, 14, 18000),
+    PageSpec("table-16", "table", 840, 1120, 16, 37000),
+    PageSpec("slide-12", "slide", 720, 1280, 12, 38000),
+    PageSpec("slide-14", "slide", 1080, 1920, 14, 38500),
     PageSpec("slide-16", "slide", 1080, 1920, 16, 19000),
+    PageSpec("screenshot-11", "screenshot", 900, 1440, 11, 39000),
     PageSpec("screenshot-13", "screenshot", 1080, 1920, 13, 20000),
+    PageSpec("screenshot-14", "screenshot", 1080, 1920, 14, 41000),
+    PageSpec("photos-11", "photos", 1120, 840, 11, 43000),
     PageSpec("photos-13", "photos", 1400, 1000, 13, 24000),
+    PageSpec("photos-15", "photos", 1400, 1000, 15, 45000),
 )
 QUICK_PAGES = (PageSpec("body-12", "body", 700, 560, 12, 0), PageSpec("table-14", "table", 448, 700, 14, 18000))
 
