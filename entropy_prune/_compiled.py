@@ -109,7 +109,7 @@ def region_sums(arr: np.ndarray, p: int, rng: tuple[float, float], num_scales: i
 
 def split_walk(key: np.ndarray, side: np.ndarray, add: np.ndarray, hs: np.ndarray, ws: np.ndarray, kid: np.ndarray,
                leaf: np.ndarray, budget: int, spent: int) -> bool:
-    """``_halves.split_order``'s walk on its packed arrays (see ``_kernel.split_walk``), updating
+    """``_halves.split_leaves``'s walk on its packed arrays (see ``_kernel.split_walk``), updating
     ``leaf`` in place; False where this module cannot run it."""
     kernels = _kernels()
     if kernels is None:

@@ -96,26 +96,19 @@ def _cell_squares(x: np.ndarray, rows: int, p: int, cols: int, q: int) -> np.nda
     return squares.reshape(rows, p, cols * q).sum(1, dtype=np.float64).reshape(rows, cols, q).sum(-1)
 
 
-def split_order(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Shape]], budget: int,
-                tokens: dict[Shape, np.ndarray] | None = None) -> list[tuple[int, int, Shape]]:
-    """Leaves (row, col, shape) after splitting the ``start`` regions while the tokens fit ``budget``.
+def split_leaves(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Shape]], budget: int,
+                 tokens: dict[Shape, np.ndarray] | None = None) -> np.ndarray:
+    """Leaves after splitting the ``start`` regions ((row, col, shape) in cells) while the tokens
+    fit ``budget``, as bool (len(errors), R, C), R x C cells the ``start`` regions cover:
+    [k, row // h, col // w] for a leaf at (row, col) of the k-th shape (h, w) of ``errors``.
 
     The next split is always the one of the largest error drop per token added (ties: the larger
     region, then raster order; of a region's two sides, rows first), so the order does not depend
     on the budget. ``tokens`` (shape -> bool map like ``errors``) says which regions cost a token
     (False: wholly removed as predictable); a split that adds none is taken first. Splits stop at
-    the first one that does not fit.
+    the first one that does not fit. The walk runs compiled where numba runs, else in Python; the
+    same leaves.
     """
-    leaf = split_leaves(errors, start, budget, tokens)
-    return [(int(i) * s[0], int(j) * s[1], s) for k, s in enumerate(errors)
-            for i, j in zip(*np.nonzero(leaf[k]), strict=True)]
-
-
-def split_leaves(errors: dict[Shape, np.ndarray], start: list[tuple[int, int, Shape]], budget: int,
-                 tokens: dict[Shape, np.ndarray] | None = None) -> np.ndarray:
-    """:func:`split_order`'s leaves as bool (len(errors), R, C), R x C cells the ``start`` regions
-    cover: [k, row // h, col // w] for a leaf at (row, col) of the k-th shape (h, w) of ``errors``.
-    The walk runs compiled where numba runs, else in Python; the same leaves."""
     table = _split_table(errors, tokens)
     spent = sum(1 if tokens is None else int(tokens[s][r // s[0], c // s[1]]) for r, c, s in start)
     shapes = list(errors)

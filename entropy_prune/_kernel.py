@@ -321,7 +321,7 @@ def _push(heap, key, hs, ws, k, r, c):
 
 @njit(nogil=True, cache=True)
 def split_walk(key, side, add, hs, ws, kid, leaf, budget, spent):
-    """``_halves.split_order``'s greedy walk on regions of shapes k (hs[k] x ws[k] cells) indexed
+    """``_halves.split_leaves``'s greedy walk on regions of shapes k (hs[k] x ws[k] cells) indexed
     [k, row // hs[k], col // ws[k]]: split the leaf with the largest key (ties: larger area, then
     row, then column) into its two kid[k, side] halves while ``spent`` + its add fits ``budget``.
     ``leaf`` (bool) holds the starting leaves and is updated in place."""

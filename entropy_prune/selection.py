@@ -528,7 +528,7 @@ def _halves_from_errors(errors: dict[tuple[int, int], np.ndarray], size: tuple[i
                         a: float, tolerance: float | None, predictable: Callable[[], np.ndarray]) -> Selection:
     """The ``shapes="halves"`` Selection of an image of ``size`` (H, W) px from its regions' errors
     (:func:`._halves.region_errors`): the coarsest tiling, then splits in two by
-    :func:`._halves.split_order` up to the budget, alpha ``a`` of its p x p px cells;
+    :func:`._halves.split_leaves` up to the budget, alpha ``a`` of its p x p px cells;
     ``predictable()`` gives the cells ``tolerance`` removes (None: off)."""
     h, w = size
     rows, cols, whole = -(-h // p), -(-w // p), (h // p, w // p)

@@ -16,7 +16,7 @@ from strategies import images
 from test_main import run as run_main_job
 
 from entropy_prune import _compiled, reconstruct, select_patches
-from entropy_prune._halves import image_errors, region_errors, region_shapes, split_order
+from entropy_prune._halves import image_errors, region_errors, region_shapes, split_leaves
 from entropy_prune._image import check_image
 from entropy_prune.scores import _gray_levels
 from entropy_prune.selection import _predictable, _tolerance_units
@@ -173,7 +173,7 @@ def test_region_shapes():
 
 
 def reference_order(errors, start, budget, tokens):
-    """split_order's rule, written plainly: scan every leaf for the split of the largest drop per
+    """split_leaves' rule, written plainly: scan every leaf for the split of the largest drop per
     token (free ones first; ties: rows first, larger region, raster order) until one does not fit."""
     def cost(r, c, s):
         return 1 if tokens is None else int(tokens[s][r // s[0], c // s[1]])
@@ -208,7 +208,7 @@ def reference_order(errors, start, budget, tokens):
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @given(st.integers(1, 9), st.integers(1, 9), st.integers(2, 3), st.integers(0, 2**32 - 1), st.floats(0.0, 1.0),
        st.sampled_from([None, 0.3]), st.booleans())
-def test_split_order_is_the_plain_greedy_rule(compiled, rows, cols, k, seed, alpha, removed_share, flat_cells):
+def test_split_leaves_is_the_plain_greedy_rule(compiled, rows, cols, k, seed, alpha, removed_share, flat_cells):
     rng = np.random.default_rng(seed)
     p = 4
     if flat_cells:  # two gray levels, one per cell: many drops are 0 (ties)
@@ -230,7 +230,11 @@ def test_split_order_is_the_plain_greedy_rule(compiled, rows, cols, k, seed, alp
         tokens[1, 1] = shown
     budget = int(alpha * rows * cols)
     with kernels(compiled):
-        assert sorted(split_order(errors, start, budget, tokens)) == reference_order(errors, start, budget, tokens)
+        leaf = split_leaves(errors, start, budget, tokens)
+    shapes = list(errors)
+    leaves = sorted((int(i) * shapes[k][0], int(j) * shapes[k][1], shapes[k])
+                    for k, i, j in zip(*np.nonzero(leaf), strict=True))
+    assert leaves == reference_order(errors, start, budget, tokens)
 
 
 def render_reference(img, r, c, h, w, p):
