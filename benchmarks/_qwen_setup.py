@@ -45,16 +45,15 @@ def page(megapixels: float) -> tuple[np.ndarray, str]:
     return np.array(render_page("body", round(1.4 * w), w, 13).image), "rendered body page"
 
 
-def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
-               downscale: bool | str = True, **library) -> tuple[np.ndarray, int]:
+def shrunk(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
+           downscale: bool | str = True, **library):
     """The wrapped processor's ``downscale`` (True or "least_error") on a resized uint8 (H, W, 3)
-    image: shrunk by the adapter's own ``shrink_and_select``, selected there at the
-    budget of (H, W) (``library``: more ``select_patches`` keywords, e.g. tolerance), shown by
-    ``reconstruct`` and scaled back to (H, W) (bilinear, as the uniform baselines). Returns (shown
-    image, tokens)."""
+    image: shrunk by the adapter's own ``shrink_and_select`` and selected there at the budget of
+    (H, W) (``library``: more ``select_patches`` keywords, e.g. tolerance). Returns (uint8 (h, w, 3)
+    shrunk image, its Selection)."""
     import torch
 
-    from entropy_prune import reconstruct, select_patches
+    from entropy_prune import select_patches
     from entropy_prune.qwen._downscale import shrink_and_select
     from entropy_prune.qwen._prune import removed_units
 
@@ -68,7 +67,16 @@ def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = 
         return select_patches(x.numpy(), "budget", a, patch_size=unit, channels_first=True, **library)
 
     small, sel = shrink_and_select(raw, downscale, removed, select, lambda x: x.numpy(), alpha, unit, min_pixels)
-    small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
+    return np.ascontiguousarray(small.numpy().transpose(1, 2, 0)), sel
+
+
+def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
+               downscale: bool | str = True, **library) -> tuple[np.ndarray, int]:
+    """:func:`shrunk`'s selection shown by ``reconstruct`` and scaled back to (H, W) (bilinear, as
+    the uniform baselines). Returns (shown image, tokens)."""
+    from entropy_prune import reconstruct
+
+    small, sel = shrunk(img, alpha, unit, min_pixels, downscale, **library)
     shown = Image.fromarray(reconstruct(small, sel, unit)).resize(img.shape[1::-1], Image.BILINEAR)
     return np.asarray(shown), sel.num_tokens
 

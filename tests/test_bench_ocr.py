@@ -15,6 +15,7 @@ import torch
 
 from benchmarks import bench_ocr as bo
 from benchmarks._documents import Region, render_page
+from benchmarks._qwen_setup import shrunk
 from entropy_prune import reconstruct, select_patches
 from entropy_prune.qwen._downscale import shrink_and_select
 from entropy_prune.qwen._prune import removed_units
@@ -124,8 +125,9 @@ def test_downscaled_library_is_lossless_on_a_smaller_grid_at_equal_tokens():
                                      lambda x, a, _: select_patches(x.numpy(), "budget", a, channels_first=True),
                                      lambda x: x.numpy(), alpha, bo.UNIT, bo.MIN_PIXELS)
         assert small.shape[1] < img.shape[0]
-        back = bo.resize(np.ascontiguousarray(small.numpy().transpose(1, 2, 0)), *img.shape[:2], Image.BILINEAR)
-        assert np.array_equal(shown, back)
+        small = np.ascontiguousarray(small.numpy().transpose(1, 2, 0))
+        assert np.array_equal(small, shrunk(img, alpha, bo.UNIT, bo.MIN_PIXELS, True, tolerance=0)[0])
+        assert np.array_equal(shown, bo.resize(small, *img.shape[:2], Image.BILINEAR))
 
 
 @pytest.mark.skipif(bo.missing_reader() is not None, reason=f"no {bo.missing_reader()}")
@@ -159,3 +161,27 @@ def test_halves_apply_to_the_library_condition_only():
     assert (sel.sizes[:, 0] != sel.sizes[:, 1]).any()
     for other in ("entropy", "random"):  # squares, matched to the library's count (multiscale: up to 2 short)
         assert sel.num_tokens - 2 <= cond[other][1] <= sel.num_tokens
+
+
+@pytest.mark.skipif(bo.missing_reader() is not None, reason=f"no {bo.missing_reader()}")
+def test_ocr_sizes_reads_the_library_and_uniform_around_its_size(capsys):
+    from benchmarks import ocr_sizes
+
+    rows = ocr_sizes.main(["body-12", "--alpha", "0.5"])
+    assert len(rows) == 2 + len(ocr_sizes.STEPS) and capsys.readouterr().out.count("\n| ") == len(rows) + 1
+    (lib, tokens, *_), (_, matched, *_), (own, units, *_) = rows[:3]
+    h, w = map(int, lib.split()[-2].split("x"))
+    assert own == f"uniform at {h}x{w} px" and units == (h // bo.UNIT) * (w // bo.UNIT)
+    assert matched <= tokens <= units < 20 * 25  # the quick page is 700 x 560 px: 25 x 20 units
+    sizes = [tuple(map(int, name.split()[-2].split("x"))) for name, *_ in rows[2:]]
+    assert sizes == [(h + dh * bo.UNIT, w + dw * bo.UNIT) for dh, dw in ocr_sizes.STEPS]
+    assert all(0 <= cer <= 1.5 and 0 <= recall <= 1 for *_, cer, recall in rows)
+    assert rows[0][3] > 0.9  # body text at half the tokens still reads
+
+
+def test_ocr_sizes_refuses_a_bad_alpha(capsys):
+    from benchmarks import ocr_sizes
+
+    with pytest.raises(SystemExit):
+        ocr_sizes.main(["body-12", "--alpha", "0"])
+    assert "--alpha must be in (0, 1], got 0.0" in capsys.readouterr().err
