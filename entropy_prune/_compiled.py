@@ -1,4 +1,4 @@
-"""Hot loops in compiled code (numba, optional: ``pip install entropy-prune[fast]``). Each gives
+"""Hot loops in compiled code (numba >= 0.65: the qwen, vllm and fast extras; optional). Each gives
 exactly what the numpy code gives; that code runs where numba is missing or fails to load (a
 ``RuntimeWarning`` says so) and for inputs these functions do not take (they return None).
 
