@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from entropy_prune import Selection
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +50,7 @@ def page(megapixels: float) -> tuple[np.ndarray, str]:
 
 
 def shrunk(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
-           downscale: bool | str = True, **library):
+           downscale: bool | str = True, **library) -> tuple[np.ndarray, Selection]:
     """The wrapped processor's ``downscale`` (True or "least_error") on a resized uint8 (H, W, 3)
     image: shrunk by the adapter's own ``shrink_and_select`` and selected there at the budget of
     (H, W) (``library``: more ``select_patches`` keywords, e.g. tolerance). Returns (uint8 (h, w, 3)
