@@ -74,15 +74,20 @@ def shrunk(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_
     return np.ascontiguousarray(small.numpy().transpose(1, 2, 0)), sel
 
 
-def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
-               downscale: bool | str = True, **library) -> tuple[np.ndarray, int]:
-    """:func:`shrunk`'s selection shown by ``reconstruct`` and scaled back to (H, W) (bilinear, as
-    the uniform baselines). Returns (shown image, tokens)."""
+def scaled_back(small: np.ndarray, sel: Selection, size: tuple[int, int], unit: int = 28) -> np.ndarray:
+    """:func:`shrunk`'s image and selection shown by ``reconstruct`` and scaled back to ``size``
+    (H, W) (bilinear, as the uniform baselines)."""
     from entropy_prune import reconstruct
 
+    return np.asarray(Image.fromarray(reconstruct(small, sel, unit)).resize(size[::-1], Image.BILINEAR))
+
+
+def downscaled(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
+               downscale: bool | str = True, **library) -> tuple[np.ndarray, int]:
+    """:func:`shrunk`'s selection of ``img`` shown at its size (:func:`scaled_back`). Returns
+    (shown image, tokens)."""
     small, sel = shrunk(img, alpha, unit, min_pixels, downscale, **library)
-    shown = Image.fromarray(reconstruct(small, sel, unit)).resize(img.shape[1::-1], Image.BILINEAR)
-    return np.asarray(shown), sel.num_tokens
+    return scaled_back(small, sel, img.shape[:2], unit), sel.num_tokens
 
 
 def make_stock_processor(backend: str, max_pixels: int = MAX_PIXELS):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from benchmarks import bench_ocr as bo
 from benchmarks._documents import render_page
-from benchmarks._qwen_setup import downscaled, shrunk
+from benchmarks._qwen_setup import scaled_back, shrunk
 
 STEPS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1))  # units added to (h, w) of the library's size
 
@@ -28,7 +28,7 @@ def sizes(spec: bo.PageSpec, resize: str, alpha: float) -> list[tuple[str, int, 
     page = render_page(spec.layout, spec.h, spec.w, spec.text_px, spec.offset, font=bo.FONT)
     img = bo.qwen_resize(page.image, bo.RESIZES[resize])
     small, sel = shrunk(img, alpha, bo.UNIT, bo.MIN_PIXELS, True, tolerance=0)
-    library, tokens = downscaled(img, alpha, bo.UNIT, bo.MIN_PIXELS, True, tolerance=0)
+    library, tokens = scaled_back(small, sel, img.shape[:2], bo.UNIT), sel.num_tokens
     uniform, matched = bo.uniform(img, tokens)
     shown = {f"library (shrunk to {small.shape[0]}x{small.shape[1]} px)": (library, tokens),
              "uniform at the library's count": (uniform, matched)}
