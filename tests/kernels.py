@@ -8,7 +8,7 @@ import pytest
 from entropy_prune import _compiled
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                 reason="numba is not installed (the fast extra)")
+                                 reason="numba is not installed (qwen, vllm, fast extras)")
 
 
 def kernels(on: bool):
