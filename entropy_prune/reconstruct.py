@@ -66,9 +66,10 @@ def _coarse_regions(src: np.ndarray, out: np.ndarray, mask: np.ndarray, p: int, 
             dest[:, cols] = blurred.reshape(sh, n, sw, c)
 
 
-def _oblong_masks(selection: Selection) -> dict[tuple[int, int], np.ndarray]:
-    """(h, w) -> bool (rows // h, cols // w): where a kept region of h x w cells, h != w, is that block."""
-    rows, cols = selection.label_map.shape
+def _oblong_masks(selection: Selection, whole: tuple[int, int]) -> dict[tuple[int, int], np.ndarray]:
+    """(h, w) -> bool (rows // h, cols // w) of the ``whole`` (rows, cols) cells (regions never hold
+    a cell cut by the image's edge): where a kept region of h x w cells, h != w, is that block."""
+    rows, cols = whole
     sizes, corners = selection.sizes, selection.regions[:, 1:]
     out = {}
     for h, w in np.unique(sizes[sizes[:, 0] != sizes[:, 1]], axis=0).tolist():
@@ -108,7 +109,7 @@ def _render(arr: np.ndarray, selection: Selection, p: int, fill: float, rng: tup
     integer = np.issubdtype(arr.dtype, np.integer)
     for k, mask in enumerate(selection.masks[1:], 2):
         _coarse_regions(src, out, mask, p, 1 << (k - 1), 1 << (k - 1), integer)
-    for (fh, fw), mask in _oblong_masks(selection).items():
+    for (fh, fw), mask in _oblong_masks(selection, (h // p, w // p)).items():
         _coarse_regions(src, out, mask, p, fh, fw, integer)
     fill_value = rng[0] + fill * (rng[1] - rng[0])
     fill_value = np.rint(fill_value) if integer else fill_value

@@ -263,6 +263,21 @@ def test_reconstruct_shows_oblong_regions_as_their_squashed_token():
                                       render_reference(img, r, c, h, w, 28))
 
 
+@given(images(max_side=40, channels=(3,), dtypes=("uint8",)), st.integers(2, 6), st.integers(2, 3),
+       st.floats(0.05, 0.6))
+def test_reconstruct_shows_each_region_of_an_image_cut_by_the_cells(img, p, k, alpha):
+    """Sides that are no multiple of the cell: each oblong region is its squashed token, each
+    single cell (those cut by the edge too) as it was."""
+    sel = select_patches(img, "budget", alpha, patch_size=p, num_scales=k, shapes="halves")
+    shown = reconstruct(img, sel, p)
+    for (_, r, c), (h, w) in zip(sel.regions.tolist(), sel.sizes.tolist(), strict=True):
+        block = np.s_[r * p:(r + h) * p, c * p:(c + w) * p]
+        if (h, w) == (1, 1):
+            np.testing.assert_array_equal(shown[block], img[block])
+        elif h != w:
+            np.testing.assert_array_equal(shown[block], render_reference(img, r, c, h, w, p))
+
+
 def test_halves_keep_more_of_a_photograph_than_squares():
     img = data.chelsea()[:280, :420]
     for alpha in (0.2, 0.3, 0.5):
