@@ -121,8 +121,8 @@ def test_videos_are_not_downscaled(processor):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(downscale="yes"), ValueError, "downscale must be True, False or 'least_error', got 'yes'"),
-        (dict(downscale=1), TypeError, "downscale must be True, False or 'least_error', got 1"),
+        (dict(downscale="yes"), ValueError, "downscale must be True, False, 'least_error' or 'balanced', got 'yes'"),
+        (dict(downscale=1), TypeError, "downscale must be True, False, 'least_error' or 'balanced', got 1"),
         (dict(patch_selection_method="v1", downscale=True), ValueError, "downscale=True needs patch_selection_method"),
         (dict(patch_selection_method=None, downscale=True), ValueError, "downscale=True needs patch_selection_method"),
         (dict(patch_selection_method="v1", downscale="least_error"), ValueError,
@@ -136,7 +136,7 @@ def test_bad_downscale_settings(processor, kwargs, error, match):
         wrap_processor(processor).image_processor([textured_image(84, 84, 0)], **kwargs)
 
 
-@pytest.mark.parametrize("downscale", [True, "least_error"])
+@pytest.mark.parametrize("downscale", [True, "least_error", "balanced"])
 def test_downscale_needs_resizing(processor, downscale):
     with pytest.raises(ValueError, match="do_resize=True"):
         wrap_processor(processor, downscale=downscale).image_processor([textured_image(84, 84, 0)], do_resize=False)
@@ -175,7 +175,7 @@ def test_downscale_invariants(processor, h, w, seed, lines, alpha, tolerance, mo
     assert len(sel.regions) <= budget or not sel.budget_met
 
 
-@pytest.mark.parametrize("downscale", [True, "least_error"])
+@pytest.mark.parametrize("downscale", [True, "least_error", "balanced"])
 @pytest.mark.parametrize("backend", ["torchvision", "pil"])
 def test_numpy_output_and_saved_setting(backend, downscale, tmp_path):
     """Without return_tensors the grids come back in the stock output's type; the setting is
@@ -195,10 +195,10 @@ def test_numpy_output_and_saved_setting(backend, downscale, tmp_path):
     assert all(torch.equal(again[k], tensors[k]) for k in tensors)
 
 
-def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **kw) -> tuple[float, object]:
-    """Squared luma error (8-bit levels) of the core's selection of ``budget`` units (``alpha`` where
-    0) on ``raw`` (uint8 (3, H, W)) shrunk to ``grid`` (patches), shown by ``reconstruct`` and
-    brought back bilinearly; and the selection."""
+def luma_errors(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **kw) -> tuple[np.ndarray, object]:
+    """Squared luma error (8-bit levels) per unit of ``raw`` of the core's selection of ``budget``
+    units (``alpha`` where 0) on ``raw`` (uint8 (3, H, W)) shrunk to ``grid`` (patches), shown by
+    ``reconstruct`` and brought back bilinearly; and the selection."""
     same = grid[1] * 14 == raw.shape[1] and grid[2] * 14 == raw.shape[2]
     small = raw if same else shrink(raw, grid[1] * 14, grid[2] * 14)
     a = min(budget / (grid[1] * grid[2] / 4), 1.0) if budget else alpha
@@ -206,7 +206,15 @@ def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **
     luma = lambda x: np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), x.numpy().astype(np.float32), 1)  # noqa: E731
     shown = torch.from_numpy(reconstruct(luma(small), sel, UNIT, value_range=(0.0, 255.0)))[None, None]
     shown = F.interpolate(shown, raw.shape[1:], mode="bilinear", align_corners=False)[0, 0]
-    return float(((shown.double() - torch.from_numpy(luma(raw)).double()) ** 2).sum()), sel
+    sq = (shown.double() - torch.from_numpy(luma(raw)).double()) ** 2
+    rows, cols = raw.shape[1] // UNIT, raw.shape[2] // UNIT
+    return sq.reshape(rows, UNIT, cols, UNIT).sum((1, 3)).numpy(), sel
+
+
+def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **kw) -> tuple[float, object]:
+    """:func:`luma_errors` summed."""
+    errors, sel = luma_errors(raw, grid, budget, alpha, **kw)
+    return float(errors.sum()), sel
 
 
 @settings(deadline=None)
@@ -242,6 +250,57 @@ def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tole
     if fitting:
         assert len(sel.regions) <= budget
         assert err <= min(fitting) * (1 + 1e-6) + 1e-6
+
+
+@settings(deadline=None)
+@given(
+    h=st.integers(56, 336), w=st.integers(56, 336), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
+    photo=st.booleans(), alpha=st.floats(0.05, 1.0), tolerance=st.sampled_from([None, 0]),
+    shapes=st.sampled_from(["squares", "halves"]),
+)
+def test_balanced_invariants(processor, h, w, seed, lines, photo, alpha, tolerance, shapes):
+    """downscale="balanced": the core's selection at the budget on a grid between the processor's
+    and downscale=True's, valid for the model, deterministic; where least_error's error is at
+    least 0.2 dB below uniform down-scaling's (the image at smart_resize's grid for the budget,
+    every unit kept), an error below that too and a worst unit no worse than least_error's, nor
+    than that of either end (the processor's grid, downscale=True's) whose selection fits the
+    budget and clears the bar; where it is not, least_error's grid."""
+    image = textured_image(h, w, seed) if photo else page(h, w, seed, lines)
+    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance, shapes=shapes)
+    plain = proc([image], return_tensors="pt", size=PAGE_SIZE)
+    fit = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
+    least = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
+    ours = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="balanced")
+    again = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="balanced")
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+    stock_grid, fit_grid, least_grid, grid = (x["image_grid_thw"][0].tolist() for x in (plain, fit, least, ours))
+    units = stock_grid[1] * stock_grid[2] // 4
+    budget = math.floor(alpha * units + 0.5)
+    assert fit_grid[1] * fit_grid[2] <= grid[1] * grid[2] <= stock_grid[1] * stock_grid[2]
+    assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
+    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
+    raw = resized(processor, image, size=PAGE_SIZE)
+    kw = dict(tolerance=tolerance, shapes=shapes)
+    errors, sel = luma_errors(raw, grid, budget, alpha, **kw)
+    assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
+    uh, uw = smart_resize(raw.shape[1], raw.shape[2], UNIT, MIN_PIXELS, max(budget, 1) * UNIT * UNIT)
+    if uh * uw >= raw.shape[1] * raw.shape[2]:
+        event("no uniform down-scaling")
+        return
+    uniform, _ = luma_error(raw, [1, uh // 14, uw // 14], 0, 1.0)
+    bar = uniform * 10 ** -0.02
+    least_errors, _ = luma_errors(raw, least_grid, budget, alpha, **kw)
+    if least_errors.sum() <= bar * (1 - 1e-6):
+        event("least_error clears the bar" + (" and balanced chose another grid" if grid != least_grid else ""))
+        assert errors.sum() <= bar * (1 + 1e-6)
+        for end_grid in (stock_grid, fit_grid):
+            end, end_sel = luma_errors(raw, end_grid, budget, alpha, **kw)
+            if len(end_sel.regions) <= budget and end.sum() <= bar * (1 - 1e-6):
+                assert errors.max() <= end.max() * (1 + 1e-6) + 1e-6
+        assert errors.max() <= least_errors.max() * (1 + 1e-6) + 1e-6
+    elif least_errors.sum() > bar * (1 + 1e-6):
+        event("no grid clears the bar")
+        assert grid == least_grid and torch.equal(ours[REGIONS_KEY], least[REGIONS_KEY])
 
 
 @given(rows=st.integers(1, 60), cols=st.integers(1, 60), frac=st.floats(0.0, 1.0))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from skimage import data
 from strategies import images
 
 from entropy_prune import detail_maps, entropy_maps, reconstruct, select_patches
@@ -48,16 +49,27 @@ def luma(img: np.ndarray) -> np.ndarray:
     return (y - lo) * np.float32(255 / (hi - lo))
 
 
-def luma_error(img, size, budget, alpha, p, **kw):
-    """Squared luma error of the plain selection of ``budget`` cells on ``img`` resized to ``size``,
-    shown by ``reconstruct`` and brought back bilinearly (torch); and that selection."""
+def luma_errors(img, size, budget, alpha, p, **kw):
+    """Squared luma error per cell of ``img`` (those cut by its edge summing what they hold) of the
+    plain selection of ``budget`` cells on ``img`` resized to ``size``, shown by ``reconstruct``
+    and brought back bilinearly (torch); and that selection."""
     small = img if size == img.shape[:2] else pil_resize(img, *size)
     cells = -(-size[0] // p) * -(-size[1] // p)
     a = min(budget / cells, 1.0) if budget else alpha
     sel = select_patches(small, "budget", a, patch_size=p, **kw)
     shown = torch.from_numpy(reconstruct(luma(small), sel, p, value_range=(0.0, 255.0)))[None, None]
     shown = F.interpolate(shown, img.shape[:2], mode="bilinear", align_corners=False)[0, 0].double()
-    return float(((shown - torch.from_numpy(luma(img)).double()) ** 2).sum()), sel
+    sq = (shown - torch.from_numpy(luma(img)).double()) ** 2
+    h, w = img.shape[:2]
+    rows, cols = -(-h // p), -(-w // p)
+    sq = F.pad(sq, (0, cols * p - w, 0, rows * p - h))
+    return sq.reshape(rows, p, cols, p).sum((1, 3)).numpy(), sel
+
+
+def luma_error(img, size, budget, alpha, p, **kw):
+    """:func:`luma_errors` summed."""
+    errors, sel = luma_errors(img, size, budget, alpha, p, **kw)
+    return float(errors.sum()), sel
 
 
 def size_of(sel, img):
@@ -66,15 +78,18 @@ def size_of(sel, img):
 
 @settings(deadline=None)
 @given(img=images(max_side=64, dtypes=("uint8", "uint16", "float32")), p=st.integers(1, 8),
-       alpha=st.floats(0.02, 1.0), rule=st.sampled_from([True, "least_error"]),
-       tolerance=st.sampled_from([None, 0, 3]), mode=st.sampled_from(["multiscale", "drop"]),
+       alpha=st.floats(0.02, 1.0), rule=st.sampled_from([True, "least_error", "balanced"]),
+       tolerance=st.sampled_from([None, 0, 3]), mode=st.sampled_from(["multiscale", "drop", "halves"]),
        num_scales=st.integers(1, 3))
 def test_downscale_invariants(img, p, alpha, rule, tolerance, mode, num_scales):
     """The plain selection on a smaller size of the same family (each side a multiple of p or the
     image's own below p, no side longer and the area smaller than the image's), within the budget
     of the image's cells, deterministic, numpy == torch, shown at the image's size;
-    "least_error"'s error no larger than at either end (no down-scaling, ``True``'s size)."""
-    kw = dict(patch_size=p, tolerance=tolerance, mode=mode, num_scales=num_scales)
+    "least_error"'s error no larger than at either end (no down-scaling, ``True``'s size);
+    "balanced" as in :func:`check_balanced`. ``mode`` "halves": multiscale with shapes="halves"."""
+    shapes = "halves" if mode == "halves" else "squares"
+    mode = "multiscale" if mode == "halves" else mode
+    kw = dict(patch_size=p, tolerance=tolerance, mode=mode, num_scales=num_scales, shapes=shapes)
     sel = select_patches(img, "budget", alpha, downscale=rule, **kw)
     again = select_patches(img, "budget", alpha, downscale=rule, **kw)
     assert np.array_equal(sel.label_map, again.label_map) and sel.resized == again.resized
@@ -86,7 +101,8 @@ def test_downscale_invariants(img, p, alpha, rule, tolerance, mode, num_scales):
         assert size[0] * size[1] < h * w and size[0] <= h and size[1] <= w
     event("down-scaled" if sel.resized else "kept its size")
     assert sel.num_tokens <= budget or not sel.budget_met
-    err, plain = luma_error(img, size, budget, alpha, p, tolerance=tolerance, mode=mode, num_scales=num_scales)
+    err, plain = luma_error(img, size, budget, alpha, p, tolerance=tolerance, mode=mode, num_scales=num_scales,
+                            shapes=shapes)
     assert np.array_equal(plain.label_map, sel.label_map) and plain.num_tokens == sel.num_tokens
     shown = reconstruct(img, sel, p)
     assert shown.shape == img.shape and shown.dtype == img.dtype
@@ -98,12 +114,62 @@ def test_downscale_invariants(img, p, alpha, rule, tolerance, mode, num_scales):
         assert np.array_equal(reconstruct(torch.from_numpy(img), t, p).numpy(), shown)
     if rule == "least_error":
         fit = select_patches(img, "budget", alpha, downscale=True, **kw)
-        ends = [luma_error(img, s, budget, alpha, p, tolerance=tolerance, mode=mode, num_scales=num_scales)
-                for s in ((h, w), size_of(fit, img))]
+        ends = [luma_error(img, s, budget, alpha, p, tolerance=tolerance, mode=mode, num_scales=num_scales,
+                           shapes=shapes) for s in ((h, w), size_of(fit, img))]
         fitting = [e for e, s in ends if s.num_tokens <= budget]
         if fitting:
             assert sel.num_tokens <= budget
             assert err <= min(fitting) * (1 + 1e-6) + 1e-6
+    if rule == "balanced":
+        check_balanced(img, sel, budget, alpha, kw)
+
+
+def check_balanced(img, sel, budget, alpha, kw):
+    """Where least_error's error is at least 0.2 dB below uniform down-scaling's (``img`` at the
+    family's size for the budget, every cell kept), balanced's error is below that too and its
+    worst cell no worse than least_error's, nor than that of either end (no down-scaling,
+    ``True``'s size) whose selection fits the budget and clears the bar; where it is not,
+    balanced is least_error."""
+    p = kw["patch_size"]
+    rest = {k: v for k, v in kw.items() if k != "patch_size"}
+    h, w = img.shape[:2]
+    least = select_patches(img, "budget", alpha, downscale="least_error", **kw)
+    uniform = select_patches(img, "budget", alpha, patch_size=p, downscale=True)  # no tolerance: uniform
+    if budget < 1 or uniform.resized is None:
+        return
+    bar = luma_error(img, size_of(uniform, img), budget, alpha, p)[0] * 10 ** -0.02
+    errors = luma_errors(img, size_of(sel, img), budget, alpha, p, **rest)[0]
+    least_errors = luma_errors(img, size_of(least, img), budget, alpha, p, **rest)[0]
+    if least_errors.sum() <= bar * (1 - 1e-6):
+        event("least_error clears the bar" + (" and balanced chose another size" if sel.resized != least.resized
+                                              else ""))
+        assert errors.sum() <= bar * (1 + 1e-6) + 1e-6
+        fit = select_patches(img, "budget", alpha, downscale=True, **kw)
+        for size in ((h, w), size_of(fit, img)):
+            end, end_sel = luma_errors(img, size, budget, alpha, p, **rest)
+            if end_sel.num_tokens <= budget and end.sum() <= bar * (1 - 1e-6):
+                assert errors.max() <= end.max() * (1 + 1e-6) + 1e-6
+        assert errors.max() <= least_errors.max() * (1 + 1e-6) + 1e-6
+    elif least_errors.sum() > bar * (1 + 1e-6) + 1e-6:
+        assert sel.resized == least.resized and np.array_equal(sel.label_map, least.label_map)
+
+
+@settings(deadline=None)
+@given(name=st.sampled_from(["astronaut", "coffee", "page", "text", "camera"]), top=st.floats(0, 1),
+       left=st.floats(0, 1), h=st.integers(56, 280), w=st.integers(56, 280), p=st.sampled_from([14, 28]),
+       alpha=st.floats(0.05, 0.8), tolerance=st.sampled_from([None, 0]), shapes=st.sampled_from(["squares", "halves"]))
+def test_balanced_on_photographs_and_pages(name, top, left, h, w, p, alpha, tolerance, shapes):
+    """:func:`check_balanced` on crops of skimage photographs and scanned text, where down-scaling
+    is common (the tiny images above rarely leave a choice)."""
+    full = getattr(data, name)()
+    h, w = min(h, full.shape[0]), min(w, full.shape[1])
+    y, x = int(top * (full.shape[0] - h)), int(left * (full.shape[1] - w))
+    img = np.ascontiguousarray(full[y:y + h, x:x + w])
+    kw = dict(patch_size=p, tolerance=tolerance, shapes=shapes)
+    sel = select_patches(img, "budget", alpha, downscale="balanced", **kw)
+    budget = math.floor(alpha * -(-h // p) * -(-w // p) + 0.5)
+    assert sel.num_tokens <= budget or not sel.budget_met
+    check_balanced(img, sel, budget, alpha, kw)
 
 
 @given(img=images(max_side=64), p=st.integers(1, 8), alpha=st.floats(0.02, 1.0),
@@ -167,9 +233,9 @@ def test_rgb_is_resized_as_pillow_resizes_rgb():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(downscale="fit"), ValueError, "downscale must be True, False or 'least_error', got 'fit'"),
-    (dict(downscale=1), TypeError, "downscale must be True, False or 'least_error', got 1"),
-    (dict(downscale=None), TypeError, "downscale must be True, False or 'least_error', got None"),
+    (dict(downscale="fit"), ValueError, "downscale must be True, False, 'least_error' or 'balanced', got 'fit'"),
+    (dict(downscale=1), TypeError, "downscale must be True, False, 'least_error' or 'balanced', got 1"),
+    (dict(downscale=None), TypeError, "downscale must be True, False, 'least_error' or 'balanced', got None"),
     (dict(downscale=True, method="v2", alpha=1.0), ValueError, "needs method 'budget'"),
     (dict(downscale="least_error", method=None), ValueError, "needs method 'budget'"),
 ])

@@ -176,19 +176,20 @@ def test_bad_settings_give_one_line_before_the_table(capsys, argv, words):
     expect_one_line_error(capsys, argv, words)
 
 
-def test_downscale_shrinks_the_budget_rows(tmp_path, capsys):
+@pytest.mark.parametrize("rule", ["least_error", "balanced"])
+def test_downscale_shrinks_the_budget_rows(tmp_path, capsys, rule):
     """--downscale: each budget row says the size it was selected on; tokens stay within the
     budget of the image's 256 cells; the picture shows the smaller image."""
     out = tmp_path / "o.png"
-    code, text, _ = run(["--downscale", "least_error", "--alpha", "0.1", "--out", str(out)], capsys)
-    assert code == 0 and "budget rows downscale='least_error'" in text.splitlines()[0]
+    code, text, _ = run(["--downscale", rule, "--alpha", "0.1", "--out", str(out)], capsys)
+    assert code == 0 and f"budget rows downscale='{rule}'" in text.splitlines()[0]
     rows = {tuple(line.split()[:2]): line.split() for line in text.splitlines()[2:-1]}
     assert rows["none", "-"][-2:] == ["448x448", "px"]
     for alpha in ("0.1", "0.2", "0.3", "0.5"):
         tokens, size = int(rows["budget", alpha][3]), rows["budget", alpha][-2]
         assert tokens <= round(float(alpha) * 256) and int(size.split("x")[0]) % 28 == 0
     assert rows["budget", "0.1"][-2] != "448x448"  # 25 tokens: smaller images keep more
-    assert text.splitlines()[-1].startswith("budget alpha=0.1 downscale='least_error' score=detail: ")
+    assert text.splitlines()[-1].startswith(f"budget alpha=0.1 downscale='{rule}' score=detail: ")
     small = int(rows["budget", "0.1"][-2].split("x")[0])  # a square image stays square
     assert run(["--alpha", "0.1", "--out", str(tmp_path / "full.png")], capsys)[0] == 0
     heights = [np.asarray(Image.open(f)).shape[0] for f in (out, tmp_path / "full.png")]
