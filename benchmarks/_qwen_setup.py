@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Qwen2-VL's own max_pixels (16384 units of 28 px): 4 MP images are not downscaled.
 MAX_PIXELS = 16384 * 28 * 28
 MIN_PIXELS = 56 * 56
-DOWNSCALE = {"fit": True, "least_error": "least_error"}
+DOWNSCALE = {"fit": True, "least_error": "least_error", "balanced": "balanced"}
 """The benchmarks' ``--downscale`` choices -> the wrapped processor's ``downscale``."""
 PHOTOS = ("astronaut", "coffee", "retina")
 
@@ -51,7 +51,7 @@ def page(megapixels: float) -> tuple[np.ndarray, str]:
 
 def shrunk(img: np.ndarray, alpha: float, unit: int = 28, min_pixels: int = MIN_PIXELS,
            downscale: bool | str = True, **library) -> tuple[np.ndarray, Selection]:
-    """The wrapped processor's ``downscale`` (True or "least_error") on a resized uint8 (H, W, 3)
+    """The wrapped processor's ``downscale`` (True, "least_error" or "balanced") on a resized uint8 (H, W, 3)
     image: shrunk by the adapter's own ``shrink_and_select`` and selected there at the budget of
     (H, W) (``library``: more ``select_patches`` keywords, e.g. tolerance). Returns (uint8 (h, w, 3)
     shrunk image, its Selection)."""

@@ -20,7 +20,8 @@ the one whose budget selection (``tolerance=0``) shows the image with the highes
 own ``select_patches(..., downscale="least_error", tolerance=0)`` (Pillow's bicubic, each side a
 multiple of 28 px), shown by ``reconstruct`` (which brings it back to size bilinearly). Rows
 "halves" and "core_halves" are "least_error" and "core" with ``shapes="halves"`` (regions may
-also split in two across either side, one squashed token each).
+also split in two across either side, one squashed token each); "balanced" and "core_balanced"
+the same with ``downscale="balanced"`` (the setting for mixed content: bench_ocr reads it too).
 Gains are in dB of PSNR over uniform (positive = the selection keeps more of the image); each
 row names its worst image. A second table does the same for small images (a few photographs
 resized to 16 x 16 down to 6 x 6 cells), where a quadtree has the least room.
@@ -51,7 +52,10 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text"]
 MODES = ("multiscale", "drop")
-ROWS = (*MODES, "downscale", "least_error", "core", "halves", "core_halves", "best_size")  # table order
+ROWS = (*MODES, "downscale", "least_error", "core", "halves", "core_halves", "balanced", "core_balanced",
+        "best_size")  # table order
+RULES = {"downscale": True, "least_error": "least_error", "core": "least_error", "halves": "least_error",
+         "core_halves": "least_error", "balanced": "balanced", "core_balanced": "balanced"}  # row -> downscale
 SMALL_SOURCES = ("astronaut", "chelsea", "coffee")
 SMALL_CELLS = (16, 12, 8, 6)  # small images: n x n cells of 28 px, where a quadtree has least room
 
@@ -147,16 +151,15 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
             rand = select_patches(noise, "budget", alpha, mode=mode)
             rand_q = quality(img, reconstruct(img, rand, UNIT))
             for rule in ROWS[len(MODES):] if mode == "multiscale" else ():
-                shapes = "halves" if rule in ("halves", "core_halves") else "squares"
+                shapes = "halves" if rule in ("halves", "core_halves", "balanced", "core_balanced") else "squares"
                 if rule == "best_size":
                     shown, tokens = best_size(img, alpha)
-                elif rule in ("core", "core_halves"):
-                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale="least_error",
+                elif rule.startswith("core"):
+                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale=RULES[rule],
                                          shapes=shapes)
                     shown, tokens = reconstruct(img, sel, UNIT), sel.num_tokens
                 else:
-                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule == "downscale" or "least_error",
-                                               tolerance=0, shapes=shapes)
+                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, RULES[rule], tolerance=0, shapes=shapes)
                 uni, uni_tokens = uniform(img, tokens)
                 q, uq = quality(img, shown), quality(img, uni)
                 rows.append(dict(image=name, alpha=alpha, mode=rule, score="detail", tokens=tokens,

@@ -1,7 +1,8 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
     python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
-                                   [--tolerance T] [--downscale [least_error]] [--shapes halves] [--jobs 2]
+                                   [--tolerance T] [--downscale [least_error|balanced]] [--shapes halves]
+                                   [--jobs 2]
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
@@ -18,6 +19,7 @@ Qwen2VLImageProcessor default). Conditions, all at the resized size:
             processor's ``downscale=True``: the page shrunk until its unremoved units fit the
             budget, selected there, shown by ``reconstruct`` and scaled back up (bilinear);
             ``--downscale least_error``: its ``downscale="least_error"`` (the size of least error);
+            ``--downscale balanced``: its ``downscale="balanced"``;
             ``--shapes halves``: regions may also split in halves (the library condition only);
   entropy - the same with score="entropy", its budget searched so its count equals the library's;
   uniform - Qwen's own down-scaling: smart_resize at the largest max_pixels whose grid has at most
@@ -197,7 +199,8 @@ def conditions(img: np.ndarray, alpha: float, seed: int = 0, downscale: bool | s
                **library) -> dict[str, tuple[np.ndarray, int]]:
     """Every condition's shown image (at the size of ``img``) and token count; ``library``: extra
     keywords of the library's ``select_patches`` call (e.g. tolerance); ``downscale``: the library
-    condition as the wrapped processor's ``downscale`` (True or "least_error", ``_qwen_setup.downscaled``)."""
+    condition as the wrapped processor's ``downscale`` (True, "least_error" or "balanced",
+    ``_qwen_setup.downscaled``)."""
     cells = (img.shape[0] // UNIT) * (img.shape[1] // UNIT)
     if downscale:
         shown = downscaled(img, alpha, UNIT, MIN_PIXELS, downscale, **library)
@@ -381,8 +384,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--resizes", nargs="+", choices=list(RESIZES), help="resize settings (quick: checkpoint)")
     parser.add_argument("--tolerance", type=float, help="the library's select_patches tolerance (default: off)")
     parser.add_argument("--downscale", nargs="?", const="fit", choices=list(DOWNSCALE),
-                        help="the library condition as the wrapped processor's downscale=True (fit) or "
-                             "downscale='least_error'")
+                        help="the library condition as the wrapped processor's downscale=True (fit), "
+                             "downscale='least_error' or downscale='balanced'")
     parser.add_argument("--shapes", choices=SHAPES, default="squares",
                         help="the library's region shapes (the entropy and random conditions keep squares)")
     parser.add_argument("--jobs", type=int, default=2, help="pages read at once (one tesseract process each)")

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_processor [--sizes 1 4] [--backends pil torchvision]
                                          [--photo astronaut|page] [--alpha 0.3] [--repeats 30]
-                                         [--tolerance T] [--downscale [least_error]] [--shapes halves]
+                                         [--tolerance T] [--downscale [least_error|balanced]] [--shapes halves]
                                          [--fresh-processes N] [--without-numba]
 
 One full ``Qwen2VLProcessor`` call (chat text + one photograph, ``return_tensors="pt"``) per
@@ -12,7 +12,7 @@ units of 28 px), so 4 MP images are not downscaled. With torchvision a third pro
 only*, is the wrapped one with the stock ``process_image`` (a channels-first copy before
 resizing): the cost of pruning alone, without the wrapped processor's faster resize.
 ``--photo page`` takes a rendered text page instead of a photograph; ``--tolerance`` and
-``--downscale`` (``downscale=True``; ``--downscale least_error``: ``downscale="least_error"``)
+``--downscale`` (``downscale=True``; ``--downscale least_error`` / ``balanced``: that ``downscale``)
 and ``--shapes halves`` add those settings to the wrapped processor. Calls
 alternate (the order rotates every repeat) so drift hits all; medians over ``--repeats`` rounds
 after 2 warm-up rounds, all in this process, torch at its default thread count. Where numba is
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=setup.positive_int, default=30, help="timed stock/wrapped pairs per row")
     parser.add_argument("--tolerance", type=float, default=None, help="the wrapped processor's tolerance")
     parser.add_argument("--downscale", nargs="?", const="fit", choices=list(setup.DOWNSCALE),
-                        help="the wrapped processor's downscale=True (fit) or downscale='least_error'")
+                        help="the wrapped processor's downscale=True (fit), downscale='least_error' or 'balanced'")
     parser.add_argument("--shapes", choices=SHAPES, default="squares",
                         help="the wrapped processor's region shapes")
     parser.add_argument("--fresh-processes", type=setup.positive_int, default=None,
