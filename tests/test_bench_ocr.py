@@ -179,6 +179,21 @@ def test_ocr_sizes_reads_the_library_and_uniform_around_its_size(capsys):
     assert rows[0][3] > 0.9  # body text at half the tokens still reads
 
 
+@pytest.mark.skipif(bo.missing_reader() is not None, reason=f"no {bo.missing_reader()}")
+def test_ocr_sizes_shows_the_chosen_rule_and_shapes(capsys):
+    """--downscale balanced --shapes halves: the library row is that selection, shrunk to the size
+    the adapter's rule chose (``_qwen_setup.shrunk``), with its token count."""
+    from benchmarks import ocr_sizes
+
+    rows = ocr_sizes.main(["body-12", "--downscale", "balanced", "--shapes", "halves"])
+    assert "downscale balanced, halves" in capsys.readouterr().out
+    spec = bo.QUICK_PAGES[0]
+    page = render_page(spec.layout, spec.h, spec.w, spec.text_px, spec.offset, font=bo.FONT)
+    small, sel = shrunk(bo.qwen_resize(page.image, bo.RESIZES["checkpoint"]), 0.3, bo.UNIT, bo.MIN_PIXELS,
+                        "balanced", tolerance=0, shapes="halves")
+    assert rows[0][:2] == (f"library (shrunk to {small.shape[0]}x{small.shape[1]} px)", sel.num_tokens)
+
+
 def test_ocr_sizes_refuses_a_bad_alpha(capsys):
     from benchmarks import ocr_sizes
 
