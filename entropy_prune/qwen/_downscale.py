@@ -55,8 +55,8 @@ def _errors(shown: np.ndarray, ref: np.ndarray, unit_px: int) -> np.ndarray:
 def shrink_and_select(raw: torch.Tensor, rule: bool | str, removed: Callable[[torch.Tensor], np.ndarray | None],
                       select: Callable, scoring: Callable[[torch.Tensor], np.ndarray], alpha: float, unit_px: int,
                       min_pixels: int) -> tuple[torch.Tensor, object]:
-    """``downscale=rule`` (True, "least_error" or "balanced") on a resized image: the image to cut the units
-    from and its Selection.
+    """``downscale=rule`` (True, "least_error" or "balanced") on a resized image: the image to cut
+    the units from and its Selection.
 
     Args:
         raw: (C, H, W) resized image (H, W multiples of ``unit_px``), before rescaling.
