@@ -217,29 +217,37 @@ def luma_error(raw: torch.Tensor, grid: list[int], budget: int, alpha: float, **
     return float(errors.sum()), sel
 
 
-@settings(deadline=None)
-@given(
+PAGES_OR_PHOTOS = dict(  # hypothesis strategies: a page or a textured image, its budget and tolerance
     h=st.integers(56, 336), w=st.integers(56, 336), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
     photo=st.booleans(), alpha=st.floats(0.05, 1.0), tolerance=st.sampled_from([None, 0]),
-    mode=st.sampled_from(["multiscale", "drop"]),
 )
+
+
+def rule_outputs(processor, image, rule, alpha: float, **settings):
+    """The wrapped processor's outputs without ``downscale``, with True and with ``rule``, and
+    their grids and budget, after checking that ``rule`` is deterministic, on a grid between the
+    other two, and valid for the model."""
+    proc = wrap_processor(processor.image_processor, alpha=alpha, **settings)
+    plain, fit, ours, again = (proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=d)
+                               for d in (False, True, rule, rule))
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+    stock_grid, fit_grid, grid = (x["image_grid_thw"][0].tolist() for x in (plain, fit, ours))
+    budget = math.floor(alpha * (stock_grid[1] * stock_grid[2] // 4) + 0.5)
+    assert fit_grid[1] * fit_grid[2] <= grid[1] * grid[2] <= stock_grid[1] * stock_grid[2]
+    assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
+    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
+    return ours, (stock_grid, fit_grid, grid), budget
+
+
+@settings(deadline=None)
+@given(**PAGES_OR_PHOTOS, mode=st.sampled_from(["multiscale", "drop"]))
 def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tolerance, mode):
     """downscale="least_error": the core's selection at the budget on a grid between the
     processor's and downscale=True's, at most the budget, valid for the model, deterministic, and
     its error no larger than at either end (the processor's grid, downscale=True's grid)."""
     image = textured_image(h, w, seed) if photo else page(h, w, seed, lines)
-    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance, mode=mode)
-    plain = proc([image], return_tensors="pt", size=PAGE_SIZE)
-    fit = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
-    ours = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
-    again = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
-    assert all(torch.equal(ours[k], again[k]) for k in ours)
-    stock_grid, fit_grid, grid = (x["image_grid_thw"][0].tolist() for x in (plain, fit, ours))
-    units = stock_grid[1] * stock_grid[2] // 4
-    budget = math.floor(alpha * units + 0.5)
-    assert fit_grid[1] * fit_grid[2] <= grid[1] * grid[2] <= stock_grid[1] * stock_grid[2]
-    assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
-    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
+    ours, (stock_grid, fit_grid, grid), budget = rule_outputs(processor, image, "least_error", alpha,
+                                                              tolerance=tolerance, mode=mode)
     raw = resized(processor, image, size=PAGE_SIZE)
     err, sel = luma_error(raw, grid, budget, alpha, tolerance=tolerance, mode=mode)
     assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
@@ -253,11 +261,7 @@ def test_least_error_invariants(processor, h, w, seed, lines, photo, alpha, tole
 
 
 @settings(deadline=None)
-@given(
-    h=st.integers(56, 336), w=st.integers(56, 336), seed=st.integers(0, 2**16), lines=st.integers(0, 20),
-    photo=st.booleans(), alpha=st.floats(0.05, 1.0), tolerance=st.sampled_from([None, 0]),
-    shapes=st.sampled_from(["squares", "halves"]),
-)
+@given(**PAGES_OR_PHOTOS, shapes=st.sampled_from(["squares", "halves"]))
 def test_balanced_invariants(processor, h, w, seed, lines, photo, alpha, tolerance, shapes):
     """downscale="balanced": the core's selection at the budget on a grid between the processor's
     and downscale=True's, valid for the model, deterministic; where least_error's error is at
@@ -266,21 +270,12 @@ def test_balanced_invariants(processor, h, w, seed, lines, photo, alpha, toleran
     than that of either end (the processor's grid, downscale=True's) whose selection fits the
     budget and clears the bar; where it is not, least_error's grid."""
     image = textured_image(h, w, seed) if photo else page(h, w, seed, lines)
-    proc = wrap_processor(processor.image_processor, alpha=alpha, tolerance=tolerance, shapes=shapes)
-    plain = proc([image], return_tensors="pt", size=PAGE_SIZE)
-    fit = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale=True)
-    least = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="least_error")
-    ours = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="balanced")
-    again = proc([image], return_tensors="pt", size=PAGE_SIZE, downscale="balanced")
-    assert all(torch.equal(ours[k], again[k]) for k in ours)
-    stock_grid, fit_grid, least_grid, grid = (x["image_grid_thw"][0].tolist() for x in (plain, fit, least, ours))
-    units = stock_grid[1] * stock_grid[2] // 4
-    budget = math.floor(alpha * units + 0.5)
-    assert fit_grid[1] * fit_grid[2] <= grid[1] * grid[2] <= stock_grid[1] * stock_grid[2]
-    assert grid[1] <= stock_grid[1] and grid[2] <= stock_grid[2]
-    _check_regions(ours[REGIONS_KEY], ours["pixel_values"], ours["image_grid_thw"], 2)
-    raw = resized(processor, image, size=PAGE_SIZE)
     kw = dict(tolerance=tolerance, shapes=shapes)
+    ours, (stock_grid, fit_grid, grid), budget = rule_outputs(processor, image, "balanced", alpha, **kw)
+    least = wrap_processor(processor.image_processor, alpha=alpha, **kw)([image], return_tensors="pt",
+                                                                         size=PAGE_SIZE, downscale="least_error")
+    least_grid = least["image_grid_thw"][0].tolist()
+    raw = resized(processor, image, size=PAGE_SIZE)
     errors, sel = luma_errors(raw, grid, budget, alpha, **kw)
     assert ours[REGIONS_KEY][:, [1, 3, 4]].tolist() == sel.regions.tolist()
     uh, uw = smart_resize(raw.shape[1], raw.shape[2], UNIT, MIN_PIXELS, max(budget, 1) * UNIT * UNIT)
