@@ -159,6 +159,7 @@ SETTINGS = [
     {"alpha": 0.3, "mode": "drop", "tolerance": 0},
     {"alpha": 0.3, "tolerance": 0, "downscale": True},
     {"alpha": 0.3, "downscale": "least_error"},
+    {"alpha": 0.3, "tolerance": 0, "downscale": "balanced"},
     {"alpha": 0.3, "shapes": "halves", "temporal_threshold": 0.05},
     {"patch_selection_method": "v1", "thresholds": [7.3, 7.0], "temporal_threshold": 0.05},
 ]
