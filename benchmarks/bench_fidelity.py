@@ -54,8 +54,10 @@ PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", 
 MODES = ("multiscale", "drop")
 ROWS = (*MODES, "downscale", "least_error", "core", "halves", "core_halves", "balanced", "core_balanced",
         "best_size")  # table order
-RULES = {"downscale": True, "least_error": "least_error", "core": "least_error", "halves": "least_error",
-         "core_halves": "least_error", "balanced": "balanced", "core_balanced": "balanced"}  # row -> downscale
+SETTINGS = {  # row -> the library's downscale and shapes ("core" rows: select_patches; the others: the adapter)
+    "downscale": (True, "squares"), "least_error": ("least_error", "squares"), "core": ("least_error", "squares"),
+    "halves": ("least_error", "halves"), "core_halves": ("least_error", "halves"),
+    "balanced": ("balanced", "halves"), "core_balanced": ("balanced", "halves")}
 SMALL_SOURCES = ("astronaut", "chelsea", "coffee")
 SMALL_CELLS = (16, 12, 8, 6)  # small images: n x n cells of 28 px, where a quadtree has least room
 
@@ -151,15 +153,16 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
             rand = select_patches(noise, "budget", alpha, mode=mode)
             rand_q = quality(img, reconstruct(img, rand, UNIT))
             for rule in ROWS[len(MODES):] if mode == "multiscale" else ():
-                shapes = "halves" if rule in ("halves", "core_halves", "balanced", "core_balanced") else "squares"
                 if rule == "best_size":
                     shown, tokens = best_size(img, alpha)
                 elif rule.startswith("core"):
-                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale=RULES[rule],
+                    rule_of, shapes = SETTINGS[rule]
+                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale=rule_of,
                                          shapes=shapes)
                     shown, tokens = reconstruct(img, sel, UNIT), sel.num_tokens
                 else:
-                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, RULES[rule], tolerance=0, shapes=shapes)
+                    rule_of, shapes = SETTINGS[rule]
+                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule_of, tolerance=0, shapes=shapes)
                 uni, uni_tokens = uniform(img, tokens)
                 q, uq = quality(img, shown), quality(img, uni)
                 rows.append(dict(image=name, alpha=alpha, mode=rule, score="detail", tokens=tokens,
