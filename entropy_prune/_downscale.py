@@ -166,14 +166,18 @@ def _candidates(raw: Any, ops: Shrink, alpha: float) -> tuple[list, np.ndarray, 
     return scored, ref, budget, lambda: (fit, ops.select(fit, fit_alpha, fit_gone))
 
 
+def _least_total(scored: list) -> tuple[Any, Any]:
+    """(image, Selection) of the candidate with the least error summed over its cells (the first
+    of equals)."""
+    return min(scored, key=lambda c: c[2].sum())[:2]
+
+
 def least_error(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
     """Of :func:`_candidates`' sizes, the one whose selection at the budget shows the image with
     the least error (summed over its cells; the first of equals). Returns the chosen image and
     its Selection (``fit_to_budget``'s where no candidate fits)."""
     scored, _, _, fallback = _candidates(raw, ops, alpha)
-    if not scored:
-        return fallback()
-    return min(scored, key=lambda c: c[2].sum())[:2]
+    return _least_total(scored) if scored else fallback()
 
 
 def balanced(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
@@ -189,11 +193,13 @@ def balanced(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
     h, w = ops.size(raw)
     size = ops.size_under(max(budget, 1))
     if size[0] * size[1] < h * w:
-        uniform = float(ops.error(ops.luma(ops.resize(raw, *size)), ref).sum())
+        # fit_to_budget's image where nothing is removed: that size with every cell kept, already scored
+        same = [c[2] for c in scored if ops.size(c[0]) == size and (c[1].label_map == 1).all()]
+        uniform = float((same[0] if same else ops.error(ops.luma(ops.resize(raw, *size)), ref)).sum())
         gains = [c for c in scored if c[2].sum() <= uniform * 10 ** (-_MARGIN_DB / 10)]
         if gains:
             return min(gains, key=lambda c: c[2].max())[:2]
-    return min(scored, key=lambda c: c[2].sum())[:2]
+    return _least_total(scored)
 
 
 def shrink_and_select(raw: Any, rule: bool | str, ops: Shrink, alpha: float) -> tuple[Any, Any]:
