@@ -7,9 +7,9 @@ predicted away by ``tolerance``) than at full size with most text blocks average
 uniformly at 0.55x. ``"least_error"`` (:func:`least_error`): to the size, between none and
 that, whose selection keeps the most of the image (least squared luma error); on photographs
 never below uniform down-scaling at equal tokens. ``"balanced"`` (:func:`balanced`): of those
-sizes that keep clearly more than uniform down-scaling, the one whose worst cell loses least:
-photographs keep most of least_error's gain, and text is not sacrificed a few blocks at a time
-(a block of text averaged 2 x 2 is unreadable; squared error barely counts it). See
+sizes that keep clearly more than uniform down-scaling, the smallest whose worst cell loses
+about least: photographs keep most of least_error's gain, and text is not sacrificed a few
+blocks at a time (a block of text averaged 2 x 2 is unreadable; squared error barely counts it). See
 docs/benchmarks.md.
 
 The rules take what differs between callers as a :class:`Shrink`: the core resizes numpy
@@ -31,7 +31,7 @@ from .reconstruct import reconstruct
 
 _STEPS = 4  # proportional steps down at most: two almost always suffice
 _BETWEEN = 5  # least_error: sizes tried between the image's and fit_to_budget's
-_MARGIN_DB = 0.2  # balanced: the predicted gain over uniform down-scaling that counts as clearly more
+_MARGIN_DB = 0.2  # balanced: smaller differences in predicted error count as none (kernels, rounding, RGB)
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,11 @@ def least_error(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
 def balanced(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
     """Of :func:`_candidates`' sizes whose error (summed) is at least 0.2 dB below that of
     uniform down-scaling (``raw`` resized to ``ops.size_under(budget)``, every cell kept), the
-    one whose worst cell has the least error; :func:`least_error`'s choice where none is, or
-    where the budget keeps every cell. The margin absorbs the differences between this luma
-    estimate and the RGB the model sees (kernels, rounding). Returns the chosen image and its
-    Selection (``fit_to_budget``'s where no candidate fits)."""
+    smallest whose worst cell is within 0.2 dB of the least worst cell among them;
+    :func:`least_error`'s choice where none is, or where the budget keeps every cell. The margin
+    absorbs the differences between this luma estimate and the RGB the model sees (kernels,
+    rounding). Returns the chosen image and its Selection (``fit_to_budget``'s where no candidate
+    fits)."""
     scored, ref, budget, fallback = _candidates(raw, ops, alpha)
     if not scored:
         return fallback()
@@ -198,8 +199,18 @@ def balanced(raw: Any, ops: Shrink, alpha: float) -> tuple[Any, Any]:
         uniform = float((same[0] if same else ops.error(ops.luma(ops.resize(raw, *size)), ref)).sum())
         gains = [c for c in scored if c[2].sum() <= uniform * 10 ** (-_MARGIN_DB / 10)]
         if gains:
-            return min(gains, key=lambda c: c[2].max())[:2]
+            return _smallest_of_least_worst(gains, ops.size)[:2]
     return _least_total(scored)
+
+
+def _smallest_of_least_worst(scored: list, size: Callable[[Any], tuple[int, int]]) -> tuple:
+    """The candidate (image, Selection, per-cell error) of fewest pixels among those whose worst
+    cell is within 0.2 dB of the least worst cell (the first of equals). Worst cells that close
+    are as alike as the estimate can tell (the bar's margin); the smaller image shows more of its
+    cells at one scale, closer to uniform down-scaling, and fewer averaged."""
+    least = min(c[2].max() for c in scored)
+    close = [c for c in scored if c[2].max() <= least * 10 ** (_MARGIN_DB / 10)]
+    return min(close, key=lambda c: size(c[0])[0] * size(c[0])[1])
 
 
 def shrink_and_select(raw: Any, rule: bool | str, ops: Shrink, alpha: float) -> tuple[Any, Any]:

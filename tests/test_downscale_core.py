@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data
 from strategies import images
 
-from entropy_prune import detail_maps, entropy_maps, reconstruct, select_patches
+from entropy_prune import _downscale, detail_maps, entropy_maps, reconstruct, select_patches
 from entropy_prune.visualize import render_selection
 
 BT601 = np.array([0.299, 0.587, 0.114], np.float32)
@@ -124,12 +124,16 @@ def test_downscale_invariants(img, p, alpha, rule, tolerance, mode, num_scales):
         check_balanced(img, sel, budget, alpha, kw)
 
 
+CLOSE = 10 ** 0.02  # balanced: worst cells within 0.2 dB of the least count as equally good
+
+
 def check_balanced(img, sel, budget, alpha, kw):
     """Where least_error's error is at least 0.2 dB below uniform down-scaling's (``img`` at the
-    family's size for the budget, every cell kept), balanced's error is below that too and its
-    worst cell no worse than least_error's, nor than that of either end (no down-scaling,
-    ``True``'s size) whose selection fits the budget and clears the bar; where it is not,
-    balanced is least_error."""
+    family's size for the budget, every cell kept), balanced's error is below that too; its worst
+    cell is within 0.2 dB of the least among least_error's and either end's (no down-scaling,
+    ``True``'s size) that fit the budget and clear the bar, and of those whose worst cell is
+    below balanced's none is smaller (balanced takes the smallest of the close ones). Where it is
+    not, balanced is least_error."""
     p = kw["patch_size"]
     rest = {k: v for k, v in kw.items() if k != "patch_size"}
     h, w = img.shape[:2]
@@ -141,17 +145,37 @@ def check_balanced(img, sel, budget, alpha, kw):
     errors = luma_errors(img, size_of(sel, img), budget, alpha, p, **rest)[0]
     least_errors = luma_errors(img, size_of(least, img), budget, alpha, p, **rest)[0]
     if least_errors.sum() <= bar * (1 - 1e-6):
+        area = math.prod(size_of(sel, img))
         event("least_error clears the bar" + (" and balanced chose another size" if sel.resized != least.resized
                                               else ""))
         assert errors.sum() <= bar * (1 + 1e-6) + 1e-6
-        fit = select_patches(img, "budget", alpha, downscale=True, **kw)
-        for size in ((h, w), size_of(fit, img)):
+        known = [(least_errors, size_of(least, img))]
+        for size in ((h, w), size_of(select_patches(img, "budget", alpha, downscale=True, **kw), img)):
             end, end_sel = luma_errors(img, size, budget, alpha, p, **rest)
             if end_sel.num_tokens <= budget and end.sum() <= bar * (1 - 1e-6):
-                assert errors.max() <= end.max() * (1 + 1e-6) + 1e-6
-        assert errors.max() <= least_errors.max() * (1 + 1e-6) + 1e-6
+                known.append((end, size))
+        assert errors.max() <= min(e.max() for e, _ in known) * CLOSE * (1 + 1e-6) + 1e-6
+        for e, size in known:
+            if e.max() < errors.max() * (1 - 1e-6) - 1e-6:
+                event("a known size has a less bad worst cell")
+                assert math.prod(size) >= area
     elif least_errors.sum() > bar * (1 + 1e-6) + 1e-6:
         assert sel.resized == least.resized and np.array_equal(sel.label_map, least.label_map)
+
+
+@given(base=st.floats(0, 1e6), made=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40), st.floats(1, 1.1)),
+                                              min_size=1, max_size=8))
+def test_balanced_takes_the_smallest_close_worst_cell(base, made):
+    """balanced's last step, on made-up candidates (h, w) with made-up cell errors (worst cells
+    ``base`` times 1 to 1.1): the first of the fewest pixels among those whose worst cell is
+    within 0.2 dB (x 1.047) of the least."""
+    scored = [((h, w), None, np.array([0.0, base * f, base * f / 3])) for h, w, f in made]
+    chosen = _downscale._smallest_of_least_worst(scored, lambda image: image)
+    least = min(c[2].max() for c in scored)
+    close = [c for c in scored if c[2].max() <= least * CLOSE]
+    by_area = sorted(close, key=lambda c: c[0][0] * c[0][1])  # stable: first of equals
+    event(f"{len(close)} close, {len({c[0][0] * c[0][1] for c in close})} areas")
+    assert chosen is by_area[0]
 
 
 @settings(deadline=None)
