@@ -96,8 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--downscale", nargs="?", const=True, default=False, choices=["least_error", "balanced"],
                         help="budget only: first shrink the image until the cells it must show fit the budget "
                              "(bare flag; for text), or to the size of least error between none and that "
-                             "('least_error'; for photographs), or of least worst-cell error among those "
-                             "clearly better than uniform down-scaling ('balanced'; mixed content); default: off")
+                             "('least_error'; for photographs), or the smallest of least worst-cell error (within "
+                             "0.2 dB) among those clearly better than uniform down-scaling ('balanced'; mixed "
+                             "content); default: off")
     parser.add_argument("--shapes", default="squares", choices=SHAPES,
                         help="budget, multiscale: 'halves' lets a region also split in two across either side "
                              "(1x2, 2x1, 2x4, 4x2 cells as one token; keeps more per token on photographs); "

@@ -665,8 +665,8 @@ def select_patches(
     sizes from none to ``True``'s, the one whose selection, shown by :func:`reconstruct` and
     brought back bilinearly, has the least squared luma error (for photographs: never below
     uniform down-scaling at equal tokens). ``"balanced"``: of those sizes whose error is at
-    least 0.2 dB below uniform down-scaling's at the budget, the one whose worst cell loses
-    least (least_error's choice where none is): for mixed content, text shown whole at a
+    least 0.2 dB below uniform down-scaling's at the budget, the smallest whose worst cell loses
+    least within 0.2 dB (least_error's choice where none is): for mixed content, text shown whole at a
     smaller size rather than a few blocks averaged away. num_tokens is then at most the
     budget, neither exact nor monotone in alpha.
 

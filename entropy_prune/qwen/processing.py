@@ -428,8 +428,8 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     down-scaling at equal tokens in ``bench_fidelity``), worse than ``True`` on text; costs up
     to 7 selections and renderings per image (about 0.12 s at 1 MP, 4-11x a stock torchvision
     call: docs/benchmarks.md). ``downscale="balanced"``: the same sizes; of those whose error is
-    at least 0.2 dB below uniform down-scaling's at the budget, the one whose worst unit loses
-    least (least_error's choice where none is). For mixed or unknown content: near least_error
+    at least 0.2 dB below uniform down-scaling's at the budget, the smallest whose worst unit
+    loses least within 0.2 dB (least_error's choice where none is). For mixed or unknown content: near least_error
     on photographs, near ``True`` on text (with ``tolerance=0`` and ``shapes="halves"``:
     docs/benchmarks.md).
 
