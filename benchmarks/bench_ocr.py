@@ -1,6 +1,6 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
-    python -m benchmarks.bench_ocr [--quick] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
+    python -m benchmarks.bench_ocr [--quick | --other-pages] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
                                    [--tolerance T] [--downscale [least_error|balanced]] [--shapes halves]
                                    [--jobs 2]
 
@@ -8,7 +8,9 @@ Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr 
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
 system's licence texts in DejaVu Sans, three pages per type at different text sizes (10-16 px),
 page sizes and text: body text, dense pages of small text, two columns, tables, slides, GUI-like
-screenshots and skimage photographs with captions. Each page is resized like the Qwen2-VL processor
+screenshots and skimage photographs with captions. ``--other-pages`` reads :data:`OTHER_PAGES`
+instead: two more per type, other text sizes and text, rendered after the 21 to check
+``downscale="balanced"`` on pages its rule was not made on. Each page is resized like the Qwen2-VL processor
 (smart_resize to multiples of 28 px, bicubic) under two settings: ``checkpoint`` (max_pixels 16384
 x 28 x 28, the released Qwen2-VL checkpoints' preprocessor config: these pages keep their size, to
 28 px) and ``cap1280`` (max_pixels 1280 x 28 x 28, the common cap, which is also transformers'
@@ -104,6 +106,22 @@ PAGES = (  # three per type: one page's word recall moves by 0.01-0.02 between n
     PageSpec("photos-11", "photos", 1120, 840, 11, 43000),
     PageSpec("photos-13", "photos", 1400, 1000, 13, 24000),
     PageSpec("photos-15", "photos", 1400, 1000, 15, 45000),
+)
+OTHER_PAGES = (  # two per type, other text sizes, page sizes and text: a check on pages a rule was not made on
+    PageSpec("other-body-11", "body", 1120, 840, 11, 1500),
+    PageSpec("other-body-14", "body", 1400, 1000, 14, 4500),
+    PageSpec("other-dense-10", "dense", 1120, 840, 10, 7500),
+    PageSpec("other-dense-13", "dense", 1400, 1000, 13, 11000),
+    PageSpec("other-columns-11", "columns", 1400, 1000, 11, 12500),
+    PageSpec("other-columns-13", "columns", 1120, 840, 13, 16000),
+    PageSpec("other-table-13", "table", 840, 1120, 13, 21500),
+    PageSpec("other-table-15", "table", 1100, 1400, 15, 22500),
+    PageSpec("other-slide-13", "slide", 1080, 1920, 13, 29500),
+    PageSpec("other-slide-15", "slide", 720, 1280, 15, 32500),
+    PageSpec("other-screenshot-12", "screenshot", 1080, 1920, 12, 35000),
+    PageSpec("other-screenshot-15", "screenshot", 900, 1440, 15, 40000),
+    PageSpec("other-photos-12", "photos", 1400, 1000, 12, 42000),
+    PageSpec("other-photos-14", "photos", 1120, 840, 14, 44000),
 )
 QUICK_PAGES = (PageSpec("body-12", "body", 700, 560, 12, 0), PageSpec("table-14", "table", 448, 700, 14, 18000))
 
@@ -380,6 +398,8 @@ def need_reader(prog: str) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ocr", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small pages, alpha 0.3, checkpoint resize (CI)")
+    parser.add_argument("--other-pages", action="store_true",
+                        help="read OTHER_PAGES (14 pages, two per type) instead of the 21 PAGES")
     parser.add_argument("--alphas", type=float, nargs="+", help="budget alphas (default 0.3 0.5; quick: 0.3)")
     parser.add_argument("--resizes", nargs="+", choices=list(RESIZES), help="resize settings (quick: checkpoint)")
     parser.add_argument("--tolerance", type=float, help="the library's select_patches tolerance (default: off)")
@@ -397,7 +417,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if any(not 0 < a <= 1 for a in alphas):
         parser.error(f"--alphas must be in (0, 1], got {alphas}")
     resizes = args.resizes or (["checkpoint"] if args.quick else list(RESIZES))
-    specs = QUICK_PAGES if args.quick else PAGES
+    if args.quick and args.other_pages:
+        parser.error("--quick and --other-pages are two page sets; give one")
+    specs = QUICK_PAGES if args.quick else OTHER_PAGES if args.other_pages else PAGES
     library = {} if args.tolerance is None else {"tolerance": args.tolerance}
     if args.downscale:
         library["downscale"] = DOWNSCALE[args.downscale]

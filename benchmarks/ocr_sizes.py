@@ -46,7 +46,7 @@ def sizes(spec: bo.PageSpec, resize: str, alpha: float, downscale: bool | str = 
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, int, float, float]]:
-    names = {s.name: s for s in (*bo.PAGES, *bo.QUICK_PAGES)}
+    names = {s.name: s for s in (*bo.PAGES, *bo.OTHER_PAGES, *bo.QUICK_PAGES)}
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ocr_sizes", description=__doc__.split("\n\n")[0])
     parser.add_argument("page", choices=sorted(names), metavar="PAGE", help=f"one of {', '.join(names)}")
     parser.add_argument("--resize", choices=sorted(bo.RESIZES), default="checkpoint")

@@ -152,6 +152,23 @@ def test_jobs_below_one_are_refused(capsys):
     assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_other_pages_are_read_instead_and_are_new(monkeypatch, capsys):
+    """--other-pages: OTHER_PAGES (two per type, text from other places than PAGES'), read
+    instead of PAGES; with --quick it is refused."""
+    read = []
+    monkeypatch.setattr(bo, "need_reader", lambda prog: None)
+    monkeypatch.setattr(bo, "evaluate", lambda spec, resize, alphas, library: read.append(spec.name) or [])
+    monkeypatch.setattr(bo, "report", lambda rows, alphas, resizes: None)
+    bo.main(["--other-pages", "--resizes", "checkpoint", "--jobs", "1"])
+    assert read == [s.name for s in bo.OTHER_PAGES]
+    layouts = [s.layout for s in bo.OTHER_PAGES]
+    assert {t: layouts.count(t) for t in layouts} == {s.layout: 2 for s in bo.PAGES}
+    assert not {s.offset for s in bo.OTHER_PAGES} & {s.offset for s in (*bo.PAGES, *bo.QUICK_PAGES)}
+    with pytest.raises(SystemExit):
+        bo.main(["--quick", "--other-pages"])
+    assert "--quick and --other-pages are two page sets; give one" in capsys.readouterr().err
+
+
 def test_halves_apply_to_the_library_condition_only():
     page = render_page("body", 560, 448, 12)
     img = bo.qwen_resize(page.image, bo.RESIZES["checkpoint"])
