@@ -1,8 +1,8 @@
 """A real reader on what the kept tokens show: Tesseract OCR of document pages at a token budget.
 
-    python -m benchmarks.bench_ocr [--quick | --other-pages] [--alphas 0.3 0.5] [--resizes checkpoint cap1280]
-                                   [--tolerance T] [--downscale [least_error|balanced]] [--shapes halves]
-                                   [--jobs 2]
+    python -m benchmarks.bench_ocr [--quick | --other-pages] [--alphas 0.3 0.5]
+                                   [--resizes checkpoint cap1280] [--tolerance T]
+                                   [--downscale [least_error|balanced]] [--shapes halves] [--jobs 2]
 
 Needs the ``tesseract`` command and the DejaVu Sans font (Debian: tesseract-ocr tesseract-ocr-eng
 fonts-dejavu-core). Pages (:data:`PAGES`) are rendered by ``benchmarks._documents`` from the
@@ -10,11 +10,12 @@ system's licence texts in DejaVu Sans, three pages per type at different text si
 page sizes and text: body text, dense pages of small text, two columns, tables, slides, GUI-like
 screenshots and skimage photographs with captions. ``--other-pages`` reads :data:`OTHER_PAGES`
 instead: two more per type, other text sizes and text, rendered after the 21 to check
-``downscale="balanced"`` on pages its rule was not made on. Each page is resized like the Qwen2-VL processor
-(smart_resize to multiples of 28 px, bicubic) under two settings: ``checkpoint`` (max_pixels 16384
-x 28 x 28, the released Qwen2-VL checkpoints' preprocessor config: these pages keep their size, to
-28 px) and ``cap1280`` (max_pixels 1280 x 28 x 28, the common cap, which is also transformers'
-Qwen2VLImageProcessor default). Conditions, all at the resized size:
+``downscale="balanced"`` on pages its rule was not made on. Each page is resized like the
+Qwen2-VL processor (smart_resize to multiples of 28 px, bicubic) under two settings:
+``checkpoint`` (max_pixels 16384 x 28 x 28, the released Qwen2-VL checkpoints' preprocessor
+config: these pages keep their size, to 28 px) and ``cap1280`` (max_pixels 1280 x 28 x 28, the
+common cap, which is also transformers' Qwen2VLImageProcessor default). Conditions, all at the
+resized size:
   full    - the resized page (every 28 px cell, one token each);
   library - ``select_patches(page, "budget", alpha)`` with the library's defaults (``--tolerance``
             adds that setting), shown by ``reconstruct``; with ``--downscale``, the wrapped

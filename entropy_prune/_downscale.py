@@ -7,10 +7,10 @@ predicted away by ``tolerance``) than at full size with most text blocks average
 uniformly at 0.55x. ``"least_error"`` (:func:`least_error`): to the size, between none and
 that, whose selection keeps the most of the image (least squared luma error); on photographs
 never below uniform down-scaling at equal tokens. ``"balanced"`` (:func:`balanced`): of those
-sizes that keep clearly more than uniform down-scaling, the smallest whose worst cell loses
-about least: photographs keep most of least_error's gain, and text is not sacrificed a few
-blocks at a time (a block of text averaged 2 x 2 is unreadable; squared error barely counts it). See
-docs/benchmarks.md.
+sizes that keep clearly more than uniform down-scaling, the smallest of those whose worst cell
+loses least (within 0.2 dB): photographs keep most of least_error's gain, and text is not
+sacrificed a few blocks at a time (a block of text averaged 2 x 2 is unreadable; squared error
+barely counts it). See docs/benchmarks.md.
 
 The rules take what differs between callers as a :class:`Shrink`: the core resizes numpy
 images with Pillow's bicubic to multiples of the cell, the adapter resizes tensors with its

@@ -666,9 +666,9 @@ def select_patches(
     brought back bilinearly, has the least squared luma error (for photographs: never below
     uniform down-scaling at equal tokens). ``"balanced"``: of those sizes whose error is at
     least 0.2 dB below uniform down-scaling's at the budget, the smallest whose worst cell loses
-    least within 0.2 dB (least_error's choice where none is): for mixed content, text shown whole at a
-    smaller size rather than a few blocks averaged away. num_tokens is then at most the
-    budget, neither exact nor monotone in alpha.
+    least within 0.2 dB (least_error's choice where none is): for mixed content, text shown
+    whole at a smaller size rather than a few blocks averaged away. num_tokens is then at most
+    the budget, neither exact nor monotone in alpha.
 
     Region shapes (``shapes``, method "budget", multiscale, images only): ``"squares"``
     (default) as above; ``"halves"``: a region may also split in two across either side, so

@@ -429,9 +429,9 @@ def wrap_processor(processor: Any, patch_selection_method: Any = UNSET, alpha: A
     to 7 selections and renderings per image (about 0.12 s at 1 MP, 4-11x a stock torchvision
     call: docs/benchmarks.md). ``downscale="balanced"``: the same sizes; of those whose error is
     at least 0.2 dB below uniform down-scaling's at the budget, the smallest whose worst unit
-    loses least within 0.2 dB (least_error's choice where none is). For mixed or unknown content: near least_error
-    on photographs, near ``True`` on text (with ``tolerance=0`` and ``shapes="halves"``:
-    docs/benchmarks.md).
+    loses least within 0.2 dB (least_error's choice where none is). For mixed or unknown
+    content: near least_error on photographs, near ``True`` on text (with ``tolerance=0`` and
+    ``shapes="halves"``: docs/benchmarks.md).
 
     Raises:
         TypeError: not a Qwen-VL processor, or an unknown setting.
