@@ -155,14 +155,15 @@ def run(alphas: list[float], seed: int = 0) -> list[dict]:
             for rule in ROWS[len(MODES):] if mode == "multiscale" else ():
                 if rule == "best_size":
                     shown, tokens = best_size(img, alpha)
-                elif rule.startswith("core"):
-                    rule_of, shapes = SETTINGS[rule]
-                    sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale=rule_of,
-                                         shapes=shapes)
-                    shown, tokens = reconstruct(img, sel, UNIT), sel.num_tokens
                 else:
-                    rule_of, shapes = SETTINGS[rule]
-                    shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, rule_of, tolerance=0, shapes=shapes)
+                    downscale, shapes = SETTINGS[rule]
+                    if rule.startswith("core"):
+                        sel = select_patches(img, "budget", alpha, patch_size=UNIT, tolerance=0, downscale=downscale,
+                                             shapes=shapes)
+                        shown, tokens = reconstruct(img, sel, UNIT), sel.num_tokens
+                    else:
+                        shown, tokens = downscaled(img, alpha, UNIT, MIN_PIXELS, downscale, tolerance=0,
+                                                   shapes=shapes)
                 uni, uni_tokens = uniform(img, tokens)
                 q, uq = quality(img, shown), quality(img, uni)
                 rows.append(dict(image=name, alpha=alpha, mode=rule, score="detail", tokens=tokens,
